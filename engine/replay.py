@@ -1,0 +1,128 @@
+"""The replay driver: one workload, one or more schedulers, one results directory each."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from engine.presets import DEFAULT_PRESET, get_preset
+from engine.results import (
+    REQUESTS_FILE,
+    RUN_FILE,
+    STEPS_FILE,
+    atomic_write_json,
+    atomic_write_parquet,
+)
+from engine.simulator import EngineConfig, Simulator
+from schedulers import ServiceWeights, make_policy, run_name
+from traces.schema import workload_metadata
+
+
+
+def engine_config(preset_name: str = DEFAULT_PRESET, **overrides) -> tuple[EngineConfig, object]:
+    """The engine configuration of a preset, with any non-None overrides applied."""
+    preset = get_preset(preset_name)
+    config = EngineConfig(
+        kv_capacity_tokens=preset.kv_capacity_tokens,
+        max_running=preset.max_running,
+        max_batch_tokens=preset.max_batch_tokens,
+        block_size=preset.block_size,
+        admit_every=preset.merge_interval_steps,
+    )
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return config, preset
+
+
+def fingerprint(table: pa.Table) -> str:
+    """A content hash of the workload's scheduling columns."""
+    h = hashlib.sha256()
+    for name in ("client_id", "arrival_s", "prompt_tokens", "output_tokens", "weight"):
+        col = table.column(name).combine_chunks()
+        if pa.types.is_string(col.type):
+            h.update("\x00".join(col.to_pylist()).encode())
+        else:
+            h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("equinox-fair", "numpy", "pyarrow", "pandas"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def replay(
+    workload: pa.Table,
+    schedulers: list[str],
+    out_dir: Path,
+    *,
+    workload_name: str = "workload",
+    preset: str = DEFAULT_PRESET,
+    seed: int = 42,
+    service: ServiceWeights = ServiceWeights(),
+    progress=None,
+    **engine_overrides,
+) -> list[Path]:
+    """Replay ``workload`` under each scheduler spec; write ``out_dir/<scheduler>/``.
+
+    ``progress`` is an optional ``rich.progress.Progress``; each scheduler gets a task.
+    Returns the run directories in the order of ``schedulers``.
+    """
+    config, engine_preset = engine_config(preset, **engine_overrides)
+    names = [run_name(spec) for spec in schedulers]  # validates every spec before any work
+    policies = [make_policy(spec, seed=seed, service=service) for spec in schedulers]
+    out_dir = Path(out_dir)
+    runs = []
+    for spec, name, policy in zip(schedulers, names, policies):
+        callback = None
+        if progress is not None:
+            task = progress.add_task(f"{workload_name} / {name}", total=workload.num_rows)
+            callback = lambda done, task=task: progress.update(task, completed=done)  # noqa: E731
+        sim = Simulator(config, engine_preset.cost_model, policy, progress=callback)
+        started = time.perf_counter()
+        requests, steps = sim.run(workload, scheduler_name=name)
+        wall = time.perf_counter() - started
+        run_dir = out_dir / name
+        atomic_write_parquet(requests, run_dir / REQUESTS_FILE)
+        atomic_write_parquet(steps, run_dir / STEPS_FILE)
+        atomic_write_json(
+            {
+                "scheduler": name,
+                "scheduler_spec": spec,
+                "policy": policy.describe(),
+                "seed": seed,
+                "service_weights": {"w_p": service.w_p, "w_q": service.w_q},
+                "workload": {
+                    "name": workload_name,
+                    "requests": workload.num_rows,
+                    "clients": len(set(workload.column("client_id").to_pylist())),
+                    "fingerprint": fingerprint(workload),
+                    "provenance": workload_metadata(workload),
+                },
+                "engine": {
+                    "kind": "simulator",
+                    "preset": engine_preset.name,
+                    "peak_flops": engine_preset.hardware.peak_flops,
+                    **config.as_dict(),
+                },
+                "steps": steps.num_rows,
+                "wall_s": round(wall, 3),
+                "versions": _versions(),
+            },
+            run_dir / RUN_FILE,
+        )
+        if progress is not None:
+            progress.update(task, completed=workload.num_rows)
+        runs.append(run_dir)
+    return runs

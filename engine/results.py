@@ -1,0 +1,105 @@
+"""The results format every engine writes and every report reads.
+
+A run directory holds:
+
+* ``requests.parquet``: one row per request (``REQUEST_SCHEMA``): the workload's
+  columns plus what happened to the request.
+* ``steps.parquet``: one row per engine step (``STEP_SCHEMA``); idle gaps between
+  steps are rows with ``busy = False`` so that the rows tile the run's time line.
+* ``run.json``: the full configuration, seed and versions.
+
+All times are seconds from the workload's start.  Files are written atomically
+(to a temporary name, then renamed), so an interrupted run leaves no truncated file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REQUEST_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.int64()),
+        ("client_id", pa.string()),
+        ("arrival_s", pa.float64()),
+        ("prompt_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("weight", pa.float64()),
+        ("conversation_id", pa.string()),
+        ("prompt", pa.string()),
+        ("scheduler", pa.string()),
+        ("status", pa.string()),  # finished | rejected
+        ("admitted_s", pa.float64()),  # first admission into the running batch (null if rejected)
+        ("first_token_s", pa.float64()),  # end of the step that produced the first output token
+        ("finish_s", pa.float64()),  # end of the step that produced the last output token
+        ("generated_tokens", pa.int64()),
+        ("preemptions", pa.int64()),  # times the request was preempted (recompute)
+        # Engine state when the request arrived: inputs a predictor may use.
+        ("waiting_at_arrival", pa.int64()),  # requests waiting ahead of it
+        ("waiting_tokens_at_arrival", pa.int64()),  # prompt tokens waiting ahead of it
+        ("running_at_arrival", pa.int64()),
+        ("kv_used_at_arrival", pa.float64()),  # fraction of the KV cache in use
+    ]
+)
+
+STEP_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("start_s", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("busy", pa.bool_()),  # False for an idle gap (no work in the engine)
+        ("prefill_tokens", pa.int64()),
+        ("decode_tokens", pa.int64()),
+        ("prefill_requests", pa.int64()),
+        ("decode_requests", pa.int64()),
+        ("running", pa.int64()),  # requests in the batch this step
+        ("waiting", pa.int64()),  # requests waiting after this step's admissions
+        ("admitted", pa.int64()),
+        ("finished", pa.int64()),
+        ("preempted", pa.int64()),
+        ("kv_used_tokens", pa.int64()),  # allocated blocks * block size, after the step
+        ("kv_capacity_tokens", pa.int64()),
+        ("token_budget", pa.int64()),
+        ("flops", pa.float64()),  # model FLOPs the step performed (cost model)
+    ]
+)
+
+REQUESTS_FILE = "requests.parquet"
+STEPS_FILE = "steps.parquet"
+RUN_FILE = "run.json"
+
+
+def atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file deterministically and atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(obj, path: Path) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)

@@ -1,0 +1,76 @@
+"""The policy interface: what an engine asks a scheduler, and what it tells it.
+
+An engine (the simulator, or vLLM through the adapter) owns the running batch,
+the KV cache and the clock.  A policy owns the waiting requests and decides the
+order of admission.  The engine calls, in this order within a step:
+
+* ``on_arrival(req, now)`` when a request arrives; ``False`` rejects it.
+* ``select(fits)`` to ask for the next request to admit; ``fits(req)`` says
+  whether the engine has room for it.  Returning None stops filling this step.
+* ``admit(req, now, resumed)`` when the engine admits the selected request.
+* ``requeue(req)`` when the engine preempts a running request: it waits again,
+  at the head of its client's queue.
+* ``on_tokens(reqs, k)`` after the engine produced ``k`` output tokens for each
+  request in ``reqs`` (``k > 1`` when the engine advances several steps at once).
+* ``on_finish(req, now)`` when a request has produced its last token.
+
+Nothing here knows about blocks, steps or vLLM objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from engine.request import Request
+
+
+@dataclass(frozen=True)
+class ServiceWeights:
+    """VTC's service price: ``w_p`` per prompt token, ``w_q`` per output token."""
+
+    w_p: float = 1.0
+    w_q: float = 2.0
+
+
+class Policy:
+    """Base class; subclasses define the order. See the module docstring."""
+
+    name = "policy"
+
+    def __init__(self, service: ServiceWeights = ServiceWeights()):
+        self.service = service
+
+    # -- queue ---------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        raise NotImplementedError
+
+    def on_arrival(self, req: Request, now: float) -> bool:
+        raise NotImplementedError
+
+    def peek(self) -> Request | None:
+        """The request this policy would admit next."""
+        raise NotImplementedError
+
+    def select(self, fits: Callable[[Request], bool]) -> Request | None:
+        """Next request to admit; by default the head, and stop at the first that does not fit."""
+        req = self.peek()
+        return req if req is not None and fits(req) else None
+
+    def admit(self, req: Request, now: float, resumed: bool) -> None:
+        raise NotImplementedError
+
+    def requeue(self, req: Request) -> None:
+        raise NotImplementedError
+
+    # -- feedback ------------------------------------------------------------
+    def on_tokens(self, reqs: Iterable[Request], k: int) -> None:
+        """Output tokens were produced; counters that charge per token update here."""
+
+    def on_finish(self, req: Request, now: float) -> None:
+        """A request finished."""
+
+    def describe(self) -> dict:
+        """The knobs that define this policy, for run.json."""
+        return {"name": self.name, "w_p": self.service.w_p, "w_q": self.service.w_q}

@@ -1,0 +1,209 @@
+"""Loading run directories, the audit summary, thresholds and renderers."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from rich.console import Console
+
+from engine.results import REQUEST_SCHEMA, STEP_SCHEMA, atomic_write_json, atomic_write_parquet
+from reports.audit import audit, audit_run, check_thresholds, load_runs, render_rich, to_json, to_markdown
+from traces.errors import InputError
+
+# The metrics tests' two-client case, shifted past the 30-s warm-up:
+#   a: serves 20 over [30, 40] and 20 over [40, 50]; its second request waits over [31, 40)
+#   b: serves 20 over [32, 36] and 10 over [36, 38]; waits over [30, 32) and [33, 36)
+ROWS = [
+    # client, arrival, admitted, first token, finish, prompt, generated
+    ("a", 30, 30, 30, 40, 10, 5),
+    ("a", 31, 40, 40, 50, 10, 5),
+    ("b", 30, 32, 32, 36, 4, 8),
+    ("b", 33, 36, 36, 38, 2, 4),
+]
+
+
+def requests_table(rows=ROWS, scheduler="vtc") -> pa.Table:
+    n = len(rows)
+    client, arrival, admitted, first, finish, prompt, generated = (list(c) for c in zip(*rows))
+    cols = {
+        "request_id": list(range(n)),
+        "client_id": client,
+        "arrival_s": [float(x) for x in arrival],
+        "prompt_tokens": prompt,
+        "output_tokens": generated,
+        "weight": [1.0] * n,
+        "conversation_id": [None] * n,
+        "prompt": [None] * n,
+        "scheduler": [scheduler] * n,
+        "status": ["finished"] * n,
+        "admitted_s": [float(x) for x in admitted],
+        "first_token_s": [float(x) for x in first],
+        "finish_s": [float(x) for x in finish],
+        "generated_tokens": generated,
+        "preemptions": [0, 1, 0, 0],
+        "waiting_at_arrival": [0] * n,
+        "waiting_tokens_at_arrival": [0] * n,
+        "running_at_arrival": [0] * n,
+        "kv_used_at_arrival": [0.0] * n,
+    }
+    return pa.Table.from_pydict(cols, schema=REQUEST_SCHEMA)
+
+
+def steps_table() -> pa.Table:
+    # busy 15 s of 20 s
+    frame = pd.DataFrame(
+        {name: [0, 0] for name in STEP_SCHEMA.names}
+        | {"start_s": [30.0, 45.0], "duration_s": [15.0, 5.0], "busy": [True, False], "flops": [3e12, 0.0]}
+    )
+    return pa.Table.from_pandas(frame, schema=STEP_SCHEMA, preserve_index=False)
+
+
+def write_run(path, scheduler="vtc", kv_capacity=100, **config):
+    atomic_write_parquet(requests_table(scheduler=scheduler), path / "requests.parquet")
+    atomic_write_parquet(steps_table(), path / "steps.parquet")
+    engine = {"kv_capacity_tokens": kv_capacity, "max_batch_tokens": 64, "block_size": 16, "preset": "test"}
+    run = {"scheduler": scheduler, "workload": "hand", "seed": 42, "engine": engine}
+    atomic_write_json(run | {"service_weights": {"w_p": 1, "w_q": 2}} | config, path / "run.json")
+    return path
+
+
+@pytest.fixture
+def replay(tmp_path):
+    for name in ("fcfs", "vtc"):
+        write_run(tmp_path / "out" / name, scheduler=name)
+    return tmp_path / "out"
+
+
+def test_load_runs_from_a_replay_directory_and_a_run_directory(replay, tmp_path):
+    runs = load_runs([replay])
+    assert [r.name for r in runs] == ["fcfs", "vtc"]
+    assert len(runs[0].requests) == 4 and runs[0].config["engine"]["kv_capacity_tokens"] == 100
+    single = load_runs([replay / "vtc"])
+    assert [r.name for r in single] == ["vtc"]
+
+
+def test_clashing_names_are_qualified_by_the_parent(replay, tmp_path):
+    write_run(tmp_path / "other" / "vtc")
+    assert [r.name for r in load_runs([replay / "vtc", tmp_path / "other" / "vtc"])] == ["out/vtc", "other/vtc"]
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(InputError, match="nowhere: expected a run directory or a replay output directory, found no"):
+        load_runs([tmp_path / "nowhere"])
+
+
+def test_file_instead_of_directory(tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(InputError, match="x.json: expected a run directory .*, found a file"):
+        load_runs([tmp_path / "x.json"])
+
+
+def test_directory_without_runs(tmp_path):
+    with pytest.raises(InputError, match="expected requests.parquet, steps.parquet, run.json"):
+        load_runs([tmp_path])
+
+
+def test_missing_file(replay):
+    (replay / "vtc" / "steps.parquet").unlink()
+    with pytest.raises(InputError, match=r"vtc/steps.parquet.*missing file"):
+        load_runs([replay])
+
+
+def test_wrong_column_type(tmp_path):
+    run = write_run(tmp_path / "vtc")
+    table = requests_table()
+    table = table.set_column(2, "arrival_s", pa.array([str(x) for x in table["arrival_s"].to_pylist()]))
+    atomic_write_parquet(table, run / "requests.parquet")
+    with pytest.raises(InputError, match=r"requests.parquet: column 'arrival_s' is string; expected double"):
+        load_runs([run])
+
+
+def test_missing_column(tmp_path):
+    run = write_run(tmp_path / "vtc")
+    atomic_write_parquet(requests_table().drop_columns(["finish_s"]), run / "requests.parquet")
+    with pytest.raises(InputError, match="missing column 'finish_s'"):
+        load_runs([run])
+
+
+def test_not_parquet(tmp_path):
+    run = write_run(tmp_path / "vtc")
+    (run / "steps.parquet").write_text("not parquet")
+    with pytest.raises(InputError, match="steps.parquet: expected a Parquet file"):
+        load_runs([run])
+
+
+def test_run_json_needs_the_kv_capacity(tmp_path):
+    run = write_run(tmp_path / "vtc")
+    for config in ({"scheduler": "vtc", "engine": {}}, {"engine": [1]}, [1]):
+        atomic_write_json(config, run / "run.json")
+        with pytest.raises(InputError, match="run.json: expected a number at engine.kv_capacity_tokens"):
+            load_runs([run])
+
+
+def test_audit_run_summary(replay):
+    summary = audit_run(load_runs([replay / "vtc"])[0])
+    json.dumps(summary, allow_nan=False)  # plain JSON
+    assert summary["requests"] == {"total": 4, "finished": 4, "rejected": 0, "preemptions": 1}
+    # makespan 50 - 30 = 20; tokens (26 prompt + 22 output) / 20
+    assert summary["throughput"]["tokens_per_s"] == pytest.approx(48 / 20)
+    assert summary["utilization"]["busy_fraction"] == pytest.approx(0.75)
+    assert summary["utilization"]["mfu"] is None  # run.json has no engine.peak_flops
+    fair = summary["fairness"]
+    # grid 30..50 every 0.25 s.  Backlogged rates: a 18 / 9 s = 2, b 15 / 5 s = 3 -> Jain 25/26.
+    assert fair["jain"] == pytest.approx(25 / 26)
+    # totals 40 and 30 -> 70^2 / (2 * 2500) = 0.98
+    assert fair["jain_total_service"] == pytest.approx(0.98)
+    # both backlogged on the grid over [31, 31.75] and [33, 35.75]; at 35.75, A_a = 11.5 and
+    # A_b = 18.75 counting from 30 -> acc diff 7.25; A_a - A_b is 1 at 33 and -7.25 at 35.75 -> 8.25
+    assert fair["acc_service_diff_max"] == pytest.approx(7.25)
+    assert fair["pair_service_diff_max"] == pytest.approx(8.25)
+    assert fair["pair_service_diff_clients"] == ["a", "b"]
+    assert len(fair["series"]["t"]) == 19 == len(fair["series"]["windowed_diff"])
+    # bound: 2 * max(1 * 10, 2 * 100) = 400
+    assert summary["bound"]["value"] == 400 and summary["bound"]["held"] is True
+    assert summary["clients"]["a"]["backlogged_rate"] == pytest.approx(2)
+    assert summary["clients"]["b"]["latency"]["ttft"]["p50"] == pytest.approx(2.5)  # ttft 2 and 3
+
+
+def test_audit_reports_mfu_and_a_broken_bound(tmp_path):
+    run = write_run(tmp_path / "vtc", kv_capacity=1, service_weights={"w_p": 0, "w_q": 2})
+    config = json.loads((run / "run.json").read_text())
+    config["engine"]["peak_flops"] = 1e12
+    atomic_write_json(config, run / "run.json")
+    summary = audit([run]).runs[0]
+    # 3e12 FLOPs / (15 busy s * 1e12 FLOP/s) = 0.2
+    assert summary["utilization"]["mfu"] == pytest.approx(0.2)
+    # service 2 * generated: A_a = t - 30, A_b = 4 (t - 32) on [32, 36]; over [33, 35.75]
+    # A_a - A_b = 8 - 3 (t - 30) runs from -1 to -9.25 -> 8.25 > bound 2 * max(0 * 10, 2 * 1) = 4
+    assert summary["fairness"]["pair_service_diff_max"] == pytest.approx(8.25)
+    assert summary["bound"]["value"] == 4 and summary["bound"]["held"] is False
+
+
+def test_check_thresholds_names_run_and_metric(replay):
+    result = audit([replay])
+    assert check_thresholds(result) == []
+    assert check_thresholds(result, max_discrepancy=100, min_jain=0.9) == []
+    lines = check_thresholds(result, max_discrepancy=5, min_jain=0.99)
+    assert lines == [
+        "fcfs: pair_service_diff_max 8.2 exceeds 5",
+        "fcfs: jain 0.9615 is below 0.99",
+        "vtc: pair_service_diff_max 8.2 exceeds 5",
+        "vtc: jain 0.9615 is below 0.99",
+    ]
+
+
+def test_renderers(replay):
+    result = audit([replay])
+    assert json.loads(to_json(result))["runs"][1]["name"] == "vtc"
+    md = to_markdown(result)
+    assert "| metric | fcfs | vtc |" in md
+    for label in ("throughput (tok/s)", "TTFT p99 (s)", "Jain (backlogged rate)", "VTC bound", "bound held?"):
+        assert f"| {label} |" in md
+    assert "| fcfs | a |" in md and "| vtc | b |" in md
+    console = Console(record=True, width=240)
+    render_rich(result, console)
+    text = console.export_text()
+    assert "Schedulers" in text and "Per client" in text and "0.9615" in text

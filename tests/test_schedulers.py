@@ -1,0 +1,168 @@
+"""Policies on their own: the order they admit in and the counters they keep."""
+
+import random
+
+import pytest
+
+from engine.request import Request
+from schedulers import make_policy, run_name
+from schedulers.heap import ClientHeap
+from traces.errors import InputError
+
+
+def req(i, client, prompt=10, output=10, weight=1.0, t=0.0):
+    return Request(i, client, t, prompt, output, weight)
+
+
+def admit_all(policy, now=0.0):
+    order = []
+    while (r := policy.select(lambda _: True)) is not None:
+        policy.admit(r, now, resumed=False)
+        order.append(r.request_id)
+    return order
+
+
+def test_heap_matches_a_brute_force_minimum():
+    rnd = random.Random(7)
+    heap, keys = ClientHeap(), {}
+    order = {}
+    for _ in range(3000):
+        op = rnd.random()
+        c = rnd.randrange(40)
+        if c not in keys and op < 0.5:
+            keys[c] = rnd.randrange(100)
+            order.setdefault(c, len(order))
+            heap.push(c, keys[c])
+        elif c in keys and op < 0.8:
+            keys[c] = rnd.randrange(100)
+            heap.update(c, keys[c])
+        elif c in keys:
+            del keys[c]
+            heap.remove(c)
+        if keys:
+            best = min(keys, key=lambda k: (keys[k], order[k]))
+            assert heap.peek() == best and heap.min_key() == keys[best]
+        assert len(heap) == len(keys)
+
+
+def test_fcfs_admits_in_arrival_order_and_requeues_at_the_head():
+    p = make_policy("fcfs")
+    for i, c in enumerate("abab"):
+        p.on_arrival(req(i, c), 0)
+    first = p.select(lambda _: True)
+    p.admit(first, 0, False)
+    p.requeue(first)
+    assert admit_all(p) == [0, 1, 2, 3]
+
+
+def test_vtc_charges_prompt_at_admission_and_output_per_token():
+    p = make_policy("vtc")
+    a = req(0, "a", prompt=100)
+    p.on_arrival(a, 0)
+    p.admit(p.select(lambda _: True), 0, False)
+    assert p.counters["a"] == 100  # w_p * prompt
+    a.generated = 3
+    p.on_tokens([a], 3)
+    assert p.counters["a"] == 106  # + w_q * 3
+
+
+def test_vtc_alternates_between_equal_clients_and_weights_divide_charges():
+    p = make_policy("vtc")
+    for i in range(3):
+        p.on_arrival(req(i, "a", prompt=10), 0)
+        p.on_arrival(req(10 + i, "b", prompt=10, weight=2.0), 0)
+    # a: 0, b: 0 -> a (tie: first seen); a=10 -> b; b=5 -> b; b=10 -> a (tie, a first)...
+    assert admit_all(p) == [0, 10, 11, 1, 12, 2]
+    assert p.counters == {"a": 30, "b": 15}
+
+
+def test_vtc_stops_at_the_first_request_that_does_not_fit():
+    p = make_policy("vtc")
+    p.on_arrival(req(0, "a", prompt=500), 0)
+    p.on_arrival(req(1, "b", prompt=5), 0)
+    assert p.select(lambda r: r.prompt_tokens < 100) is None
+
+
+def test_lift_forfeits_idle_credit_but_lcf_keeps_it():
+    for spec, expected in (("vtc", 100.0), ("lcf", 0.0)):
+        p = make_policy(spec)
+        p.on_arrival(req(0, "a", prompt=100), 0)
+        p.on_arrival(req(1, "a", prompt=100), 0)
+        p.admit(p.select(lambda _: True), 0, False)  # a = 100, a still backlogged
+        p.on_arrival(req(2, "b", prompt=100), 1)  # b becomes backlogged: lifted to min(others) = 100
+        assert p.counters["b"] == expected, spec
+
+
+def test_lift_with_no_other_backlogged_client_uses_the_last_client_to_leave():
+    p = make_policy("vtc")
+    p.on_arrival(req(0, "a", prompt=70), 0)
+    p.admit(p.select(lambda _: True), 0, False)  # a leaves the queue with 70
+    p.on_arrival(req(1, "b"), 1)
+    assert p.counters["b"] == 70
+
+
+def test_vtc_predict_charges_prediction_then_corrects():
+    p = make_policy("vtc-predict")
+    first = req(0, "a", prompt=10, output=50)
+    p.on_arrival(first, 0)
+    p.admit(p.select(lambda _: True), 0, False)
+    assert p.counters["a"] == 10 + 2 * 50  # first request: its actual length
+    first.generated = 50
+    p.on_tokens([first], 50)
+    p.on_finish(first, 1)
+    assert p.counters["a"] == 110  # prediction was exact: nothing more
+    second = req(1, "a", prompt=10, output=20)
+    p.on_arrival(second, 2)
+    p.admit(p.select(lambda _: True), 2, False)
+    assert p.counters["a"] == 110 + 10 + 2 * 50  # average is 50
+    second.generated = 20
+    p.on_tokens([second], 20)
+    p.on_finish(second, 3)
+    assert p.counters["a"] == 110 + 10 + 2 * 20  # refund (50 - 20) * 2
+    assert p.average["a"] == pytest.approx((50 * 4 + 20) / 5)
+
+
+def test_vtc_predict_charges_tokens_beyond_the_prediction():
+    p = make_policy("vtc-oracle:0")
+    r = req(0, "a", prompt=0, output=5)
+    p.on_arrival(r, 0)
+    p.admit(p.select(lambda _: True), 0, False)
+    r.predicted_output = 3  # pretend the prediction was short
+    r.generated = 4
+    p.on_tokens([r], 4)  # tokens 1..4: one beyond 3
+    base = 2 * 5
+    assert p.counters["a"] == base + 2
+
+
+def test_oracle_noise_stays_in_its_interval_and_is_seeded():
+    def preds(seed):
+        p = make_policy("vtc-oracle:0.5", seed=seed)
+        out = []
+        for i in range(200):
+            r = req(i, "a", output=100)
+            p.on_arrival(r, 0)
+            p.admit(p.select(lambda _: True), 0, False)
+            out.append(r.predicted_output)
+        return out
+
+    a = preds(1)
+    assert all(50 <= x <= 150 for x in a) and min(a) < 60 and max(a) > 140
+    assert a == preds(1) and a != preds(2)
+
+
+def test_rpm_rejects_beyond_n_per_minute():
+    p = make_policy("rpm:2")
+    accepted = [p.on_arrival(req(i, "a", t=t), t) for i, t in enumerate([0, 10, 20, 59.9, 60.5])]
+    # the window (t-60, t] holds 0 and 10 at t=20 and 59.9; at 60.5 only 10 (and 0 expired)
+    assert accepted == [True, True, False, False, True]
+    assert p.on_arrival(req(9, "b", t=20), 20)  # per client
+
+
+@pytest.mark.parametrize("spec", ["nope", "vtc:3", "rpm:0", "rpm:2.5", "vtc-oracle:x"])
+def test_bad_scheduler_specs_are_input_errors(spec):
+    with pytest.raises(InputError, match="--scheduler"):
+        make_policy(spec)
+
+
+def test_run_names_are_directory_safe():
+    assert [run_name(s) for s in ("vtc", "rpm:5", "vtc-oracle(0.2)")] == ["vtc", "rpm-5", "vtc-oracle-0.2"]

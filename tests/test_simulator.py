@@ -1,0 +1,115 @@
+"""The simulator against hand-computed schedules, and its invariants."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import LinearCost
+
+from engine.simulator import EngineConfig, Simulator
+from schedulers import make_policy
+from traces.schema import make_table
+
+
+def run(table, policy="fcfs", cost=None, **cfg):
+    config = EngineConfig(**{"kv_capacity_tokens": 100_000, **cfg})
+    sim = Simulator(config, cost or LinearCost(), make_policy(policy))
+    req, steps = sim.run(table)
+    return req.to_pandas(), steps.to_pandas()
+
+
+def one(prompt, output, **cfg):
+    return run(make_table(["a"], [0.0], [prompt], [output]), **cfg)
+
+
+def test_single_request_timeline():
+    # step 0 prefills 32 tokens and samples token 1 at t=0.1; steps 1, 2 decode tokens 2, 3.
+    req, steps = one(32, 3)
+    r = req.iloc[0]
+    assert (r.status, r.admitted_s, r.first_token_s, r.finish_s) == ("finished", 0.0, pytest.approx(0.1), pytest.approx(0.3))
+    assert r.generated_tokens == 3
+    assert steps.prefill_tokens.tolist() == [32, 0, 0]
+    assert steps.decode_tokens.tolist() == [0, 1, 1]
+
+
+def test_chunked_prefill_splits_prompt_to_budget():
+    # 100 prompt tokens with a 40-token budget: chunks 40, 40, 20; the first token comes with the last chunk.
+    req, steps = one(100, 2, max_batch_tokens=40)
+    assert steps.prefill_tokens.tolist()[:3] == [40, 40, 20]
+    assert req.first_token_s[0] == pytest.approx(0.3)
+    assert req.finish_s[0] == pytest.approx(0.4)
+
+
+def test_without_chunking_a_prompt_over_the_budget_is_rejected():
+    req, _ = one(100, 2, max_batch_tokens=40, chunked_prefill=False)
+    assert req.status[0] == "rejected"
+
+
+def test_kv_blocks_round_up_and_are_freed():
+    # 17 prompt tokens need 2 blocks of 16; after the request finishes everything is free.
+    _, steps = one(17, 1)
+    assert steps.kv_used_tokens.tolist() == [0]
+    _, steps = one(17, 2)
+    assert steps.kv_used_tokens.tolist() == [32, 0]
+
+
+def test_preemption_by_recompute_when_kv_runs_out():
+    # Capacity 64 tokens = 4 blocks. Two requests of 16-token prompts, 40 outputs each, cannot both
+    # hold 56 tokens: the later-admitted one is preempted, recomputed, and both still finish.
+    table = make_table(["a", "b"], [0.0, 0.0], [16, 16], [40, 40])
+    req, steps = run(table, kv_capacity_tokens=64)
+    assert (req.status == "finished").all()
+    assert req.preemptions.sum() >= 1
+    assert req.preemptions[1] >= 1 and req.preemptions[0] == 0
+    assert (steps.kv_used_tokens <= 64).all()
+    assert (req.generated_tokens == 40).all()
+
+
+def test_request_cap_limits_the_batch():
+    table = make_table(["a"] * 5, [0.0] * 5, [8] * 5, [4] * 5)
+    _, steps = run(table, max_running=2)
+    assert steps.running.max() == 2
+
+
+def test_step_rows_tile_the_time_line_with_idle_gaps():
+    table = make_table(["a", "a"], [0.0, 10.0], [8, 8], [2, 2])
+    _, steps = run(table)
+    assert steps.busy.tolist() == [True, True, False, True, True]
+    end = steps.start_s + steps.duration_s
+    assert np.allclose(end[:-1].to_numpy(), steps.start_s[1:].to_numpy())
+    assert steps.start_s.iloc[3] == 10.0
+
+
+def _random_workload(n=400, clients=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return make_table(
+        [f"c{i}" for i in rng.integers(0, clients, n)],
+        np.cumsum(rng.exponential(0.05, n)),
+        rng.integers(1, 600, n),
+        rng.integers(1, 300, n),
+        weight=rng.choice([1.0, 2.0], n),
+    )
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "vtc", "lcf", "vtc-predict", "vtc-oracle:0.3", "rpm:20"])
+@pytest.mark.parametrize("kv", [4096, 200_000])
+def test_fast_forward_equals_step_by_step(policy, kv):
+    table = _random_workload()
+    cost = LinearCost(base=0.01, per_token=1e-5)
+    fast = run(table, policy, cost, kv_capacity_tokens=kv, max_running=64, max_batch_tokens=512)
+    slow = run(table, policy, cost, kv_capacity_tokens=kv, max_running=64, max_batch_tokens=512, fast_forward=False)
+    for a, b in zip(fast, slow):
+        pa_a, pa_b = pa.Table.from_pandas(a), pa.Table.from_pandas(b)
+        assert pa_a.equals(pa_b)
+    if kv == 4096:
+        assert fast[0].preemptions.sum() > 0  # the small cache exercises preemption
+
+
+def test_every_request_gets_all_its_tokens():
+    req, steps = run(_random_workload(), "vtc", max_running=64, max_batch_tokens=512)
+    assert (req.status == "finished").all() and req.preemptions.sum() == 0
+    assert (req.generated_tokens == req.output_tokens).all()
+    assert (req.first_token_s > req.arrival_s).all()
+    assert (req.finish_s >= req.first_token_s).all()
+    # Without preemption each request's first token comes from its prefill, the rest from decodes.
+    assert steps.decode_tokens.sum() == (req.output_tokens - 1).sum()
+    assert steps.prefill_tokens.sum() == req.prompt_tokens.sum()

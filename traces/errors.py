@@ -1,0 +1,24 @@
+"""The one error type for bad user input, shared by every layer.
+
+The CLI turns an ``InputError`` into a one-line message and exit code 2; library
+callers can catch it.  The message always names the file (or option), the row
+when there is one, and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input: a missing file, a wrong format, a bad row or an unknown name."""
+
+    def __init__(self, message: str, *, source: str | None = None, row: int | None = None):
+        self.message = message
+        self.source = source
+        self.row = row
+        where = ""
+        if source is not None:
+            where = f"{source}"
+            if row is not None:
+                where += f", row {row}"
+            where += ": "
+        super().__init__(where + message)

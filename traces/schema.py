@@ -1,0 +1,150 @@
+"""The canonical workload table: one row per request, sorted by arrival.
+
+Every loader and generator in :mod:`traces` returns a ``pyarrow.Table`` with this
+schema, and the replay driver reads nothing else.  ``validate`` checks a table
+and reports the first bad row by number.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from traces.errors import InputError
+
+REQUIRED = ("request_id", "client_id", "arrival_s", "prompt_tokens", "output_tokens")
+
+WORKLOAD_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.int64(), nullable=False),
+        pa.field("client_id", pa.string(), nullable=False),
+        pa.field("arrival_s", pa.float64(), nullable=False),  # seconds from the workload's start
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("output_tokens", pa.int64(), nullable=False),
+        pa.field("weight", pa.float64(), nullable=False),  # fair-share weight, default 1
+        pa.field("prompt", pa.string()),  # prompt text when the source has it
+        pa.field("conversation_id", pa.string()),  # groups turns of one conversation
+    ]
+)
+
+METADATA_KEY = b"equinox.workload"
+
+
+def make_table(
+    client_id,
+    arrival_s,
+    prompt_tokens,
+    output_tokens,
+    *,
+    weight=None,
+    prompt=None,
+    conversation_id=None,
+    metadata: dict | None = None,
+    source: str = "workload",
+) -> pa.Table:
+    """Build a canonical table from columns; sorts by arrival (stable) and numbers requests 0..n-1."""
+    arrival = np.asarray(arrival_s, dtype=np.float64)
+    n = len(arrival)
+    order = np.argsort(arrival, kind="stable")
+    client = np.asarray(client_id, dtype=object)[order]
+    cols = {
+        "request_id": pa.array(np.arange(n, dtype=np.int64)),
+        "client_id": pa.array([str(c) for c in client], type=pa.string()),
+        "arrival_s": pa.array(arrival[order]),
+        "prompt_tokens": pa.array(np.asarray(prompt_tokens, dtype=np.int64)[order]),
+        "output_tokens": pa.array(np.asarray(output_tokens, dtype=np.int64)[order]),
+        "weight": pa.array(
+            np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)[order]
+        ),
+        "prompt": pa.array(
+            [None] * n if prompt is None else [prompt[i] for i in order], type=pa.string()
+        ),
+        "conversation_id": pa.array(
+            [None] * n if conversation_id is None else [conversation_id[i] for i in order],
+            type=pa.string(),
+        ),
+    }
+    table = pa.Table.from_pydict(cols, schema=WORKLOAD_SCHEMA)
+    table = with_metadata(table, metadata or {})
+    validate(table, source=source)
+    return table
+
+
+def with_metadata(table: pa.Table, info: dict) -> pa.Table:
+    """Attach provenance (source, options, tokenizer, seed) as JSON in the schema metadata."""
+    meta = dict(table.schema.metadata or {})
+    meta[METADATA_KEY] = json.dumps(info, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def workload_metadata(table: pa.Table) -> dict:
+    meta = table.schema.metadata or {}
+    raw = meta.get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def conform(table: pa.Table, source: str) -> pa.Table:
+    """Cast a table read from disk to the canonical schema (adding optional columns), then validate."""
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise InputError(
+            f"missing column(s) {', '.join(missing)}; a workload needs {', '.join(REQUIRED)}",
+            source=source,
+        )
+    n = table.num_rows
+    cols = []
+    for field in WORKLOAD_SCHEMA:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(
+                    f"column {field.name!r} must be {field.type}, got {col.type} ({exc})",
+                    source=source,
+                ) from None
+        elif field.name == "weight":
+            col = pa.array(np.ones(n))
+        else:
+            col = pa.nulls(n, type=field.type)
+        cols.append(col)
+    out = pa.Table.from_arrays(cols, schema=WORKLOAD_SCHEMA.with_metadata(table.schema.metadata))
+    validate(out, source=source)
+    return out
+
+
+def validate(table: pa.Table, source: str = "workload") -> None:
+    """Raise InputError naming the first bad row (1-based, as a user counts rows)."""
+    n = table.num_rows
+    if n == 0:
+        raise InputError("the workload has no requests", source=source)
+    for name in REQUIRED:
+        col = table.column(name)
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(f"{name} is empty", source=source, row=row + 1)
+    arrival = table.column("arrival_s").to_numpy()
+    bad = ~np.isfinite(arrival) | (arrival < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"arrival_s must be a finite number >= 0, got {arrival[row]}", source=source, row=row + 1
+        )
+    if np.any(np.diff(arrival) < 0):
+        row = int(np.flatnonzero(np.diff(arrival) < 0)[0]) + 1
+        raise InputError("rows must be sorted by arrival_s", source=source, row=row + 1)
+    for name, low in (("prompt_tokens", 1), ("output_tokens", 1)):
+        values = table.column(name).to_numpy()
+        bad = values < low
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"{name} must be an integer >= {low}, got {values[row]}", source=source, row=row + 1
+            )
+    weight = table.column("weight").to_numpy()
+    bad = ~np.isfinite(weight) | (weight <= 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"weight must be > 0, got {weight[row]}", source=source, row=row + 1)
