@@ -17,6 +17,7 @@ from engine.results import (
     REQUESTS_FILE,
     RUN_FILE,
     STEPS_FILE,
+    atomic_directory,
     atomic_write_json,
     atomic_write_parquet,
 )
@@ -62,6 +63,14 @@ def _versions() -> dict:
     return out
 
 
+def write_run(run_dir: Path, requests: pa.Table, steps: pa.Table, config: dict) -> None:
+    """Write one run directory; it appears whole or not at all."""
+    with atomic_directory(run_dir) as tmp:
+        atomic_write_parquet(requests, tmp / REQUESTS_FILE)
+        atomic_write_parquet(steps, tmp / STEPS_FILE)
+        atomic_write_json(config, tmp / RUN_FILE)
+
+
 def replay(
     workload: pa.Table,
     schedulers: list[str],
@@ -83,6 +92,13 @@ def replay(
     names = [run_name(spec) for spec in schedulers]  # validates every spec before any work
     policies = [make_policy(spec, seed=seed, service=service) for spec in schedulers]
     out_dir = Path(out_dir)
+    workload_record = {
+        "name": workload_name,
+        "requests": workload.num_rows,
+        "clients": len(set(workload.column("client_id").to_pylist())),
+        "fingerprint": fingerprint(workload),
+        "provenance": workload_metadata(workload),
+    }
     runs = []
     for spec, name, policy in zip(schedulers, names, policies):
         callback = None
@@ -93,35 +109,25 @@ def replay(
         started = time.perf_counter()
         requests, steps = sim.run(workload, scheduler_name=name)
         wall = time.perf_counter() - started
-        run_dir = out_dir / name
-        atomic_write_parquet(requests, run_dir / REQUESTS_FILE)
-        atomic_write_parquet(steps, run_dir / STEPS_FILE)
-        atomic_write_json(
-            {
-                "scheduler": name,
-                "scheduler_spec": spec,
-                "policy": policy.describe(),
-                "seed": seed,
-                "service_weights": {"w_p": service.w_p, "w_q": service.w_q},
-                "workload": {
-                    "name": workload_name,
-                    "requests": workload.num_rows,
-                    "clients": len(set(workload.column("client_id").to_pylist())),
-                    "fingerprint": fingerprint(workload),
-                    "provenance": workload_metadata(workload),
-                },
-                "engine": {
-                    "kind": "simulator",
-                    "preset": engine_preset.name,
-                    "peak_flops": engine_preset.hardware.peak_flops,
-                    **config.as_dict(),
-                },
-                "steps": steps.num_rows,
-                "wall_s": round(wall, 3),
-                "versions": _versions(),
+        config_record = {
+            "scheduler": name,
+            "scheduler_spec": spec,
+            "policy": policy.describe(),
+            "seed": seed,
+            "service_weights": {"w_p": service.w_p, "w_q": service.w_q},
+            "workload": workload_record,
+            "engine": {
+                "kind": "simulator",
+                "preset": engine_preset.name,
+                "peak_flops": engine_preset.hardware.peak_flops,
+                **config.as_dict(),
             },
-            run_dir / RUN_FILE,
-        )
+            "steps": steps.num_rows,
+            "wall_s": round(wall, 3),
+            "versions": _versions(),
+        }
+        run_dir = out_dir / name
+        write_run(run_dir, requests, steps, config_record)
         if progress is not None:
             progress.update(task, completed=workload.num_rows)
         runs.append(run_dir)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,6 +76,18 @@ STEPS_FILE = "steps.parquet"
 RUN_FILE = "run.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | Path, path: Path, mode: int) -> None:
+    """Give a temporary file or directory normal permissions, then move it into place."""
+    os.chmod(tmp, mode & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     """Write a Parquet file deterministically and atomically."""
     path = Path(path)
@@ -82,7 +96,7 @@ def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True)
-        os.replace(tmp, path)
+        _publish(tmp, path, 0o666)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -95,7 +109,7 @@ def atomic_write_text(text: str, path: Path) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path, 0o666)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -103,3 +117,23 @@ def atomic_write_text(text: str, path: Path) -> None:
 
 def atomic_write_json(obj, path: Path) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+@contextmanager
+def atomic_directory(path: Path):
+    """Yield a temporary directory that replaces ``path`` only if the block completes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            _publish(tmp, path, 0o777)
+            shutil.rmtree(old)
+        else:
+            _publish(tmp, path, 0o777)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

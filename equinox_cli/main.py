@@ -237,9 +237,13 @@ def list_presets():
 
     from engine.presets import PRESETS
 
-    table = Table("preset", "KV tokens", "max running", "token budget", "cost model")
+    table = Table()
+    table.add_column("preset", no_wrap=True)
+    for header in ("GPU x TP", "KV tokens", "max running", "token budget"):
+        table.add_column(header, justify="right")
     for name, p in PRESETS.items():
-        table.add_row(name, f"{p.kv_capacity_tokens:,}", str(p.max_running), str(p.max_batch_tokens), type(p.cost_model).__name__)
+        gpu = f"{p.hardware.name} x{p.tensor_parallel}"
+        table.add_row(name, gpu, f"{p.kv_capacity_tokens:,}", str(p.max_running), str(p.max_batch_tokens))
     console.print(table)
 
 

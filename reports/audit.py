@@ -302,15 +302,19 @@ def check_thresholds(
 ) -> list[str]:
     """One line per violation, naming the run and the metric.
 
-    ``max_discrepancy`` bounds ``pair_service_diff_max`` (the VTC bound's left side); ``min_jain``
-    bounds ``jain``.  An undefined Jain index (no client was ever backlogged) is not a violation.
+    ``max_discrepancy`` bounds ``pair_service_diff_max`` (the VTC bound's left side) in multiples
+    of the run's VTC bound (1 = the bound itself); ``min_jain`` bounds ``jain``.  An undefined Jain
+    index (no client was ever backlogged) is not a violation.
     """
     lines = []
     for run in result.runs:
         fair = run["fairness"]
-        diff, jain = fair["pair_service_diff_max"], fair["jain"]
-        if max_discrepancy is not None and diff > max_discrepancy:
-            lines.append(f"{run['name']}: pair_service_diff_max {diff:.1f} exceeds {max_discrepancy:g}")
+        diff, jain, bound = fair["pair_service_diff_max"], fair["jain"], run["bound"]["value"]
+        if max_discrepancy is not None and diff > max_discrepancy * bound:
+            lines.append(
+                f"{run['name']}: pair_service_diff_max {diff:.1f} is {diff / bound:.3g}x the VTC bound "
+                f"{bound:g}, over the allowed {max_discrepancy:g}x"
+            )
         if min_jain is not None and jain is not None and jain < min_jain:
             lines.append(f"{run['name']}: jain {jain:.4f} is below {min_jain:g}")
     return lines

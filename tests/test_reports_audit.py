@@ -185,12 +185,13 @@ def test_audit_reports_mfu_and_a_broken_bound(tmp_path):
 def test_check_thresholds_names_run_and_metric(replay):
     result = audit([replay])
     assert check_thresholds(result) == []
-    assert check_thresholds(result, max_discrepancy=100, min_jain=0.9) == []
-    lines = check_thresholds(result, max_discrepancy=5, min_jain=0.99)
+    # 8.25 against the bound 400 is 0.0206 bounds
+    assert check_thresholds(result, max_discrepancy=0.021, min_jain=0.9) == []
+    lines = check_thresholds(result, max_discrepancy=0.02, min_jain=0.99)
     assert lines == [
-        "fcfs: pair_service_diff_max 8.2 exceeds 5",
+        "fcfs: pair_service_diff_max 8.2 is 0.0206x the VTC bound 400, over the allowed 0.02x",
         "fcfs: jain 0.9615 is below 0.99",
-        "vtc: pair_service_diff_max 8.2 exceeds 5",
+        "vtc: pair_service_diff_max 8.2 is 0.0206x the VTC bound 400, over the allowed 0.02x",
         "vtc: jain 0.9615 is below 0.99",
     ]
 
