@@ -109,6 +109,7 @@ class Simulator:
         self.log = _StepLog()
         self.step = 0
         self.finished = 0
+        self._last_dt = float("inf")
 
         cols = workload.select(["request_id", "client_id", "arrival_s", "prompt_tokens", "output_tokens", "weight"])
         ids = cols.column("request_id").to_pylist()
@@ -234,6 +235,7 @@ class Simulator:
         if not scheduled:
             raise RuntimeError(f"engine stalled at t={now:.3f}s: nothing could be scheduled")
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, len(scheduled)))
+        self._last_dt = dt
         flops = self.cost.step_flops(prefill_tokens, prefill_pairs, decode_tokens, decode_kv)
         end = now + dt
 
@@ -348,12 +350,25 @@ class Simulator:
         r = len(running)
         if r > cfg.max_batch_tokens:
             return None
+        bs = self.bs
         k = MAX_STRETCH
+        first = 0  # blocks the first step needs: requests whose computed tokens fill their blocks
         for req in running:
             if not req.decoding:
                 return None
-            k = min(k, req.output_tokens - req.generated)
-        bs = self.bs
+            left = req.output_tokens - req.generated
+            if left < k:
+                k = left
+            if req.computed % bs == 0:
+                first += 1
+        if first > self.free or not self._admission_blocked(first):
+            return None
+        # Size the stretch by the time to the next arrival at the last step's pace (steps only
+        # lengthen during a stretch).  A shorter stretch is always exact: the loop continues.
+        if next_arrival != float("inf"):
+            k = min(k, int((next_arrival - now) / self._last_dt) + 1)
+        if k < 2:
+            return None
         computed = np.fromiter((req.computed for req in running), dtype=np.int64, count=r)
         # Request i needs a new block at steps j = f_i, f_i + bs, ... with f_i in 1..bs
         # (the steps where computed + j - 1 is a multiple of bs); count requests per f.
@@ -365,9 +380,6 @@ class Simulator:
             new = np.maximum(0, (j[:, None] - offsets[None, :]) // bs + 1)
             return new @ per_offset
 
-        first = int(blocks_needed(np.array([1]))[0])
-        if first > self.free or not self._admission_blocked(first):
-            return None
         j = np.arange(1, k + 1, dtype=np.int64)
         needs = blocks_needed(j)
         k = int(np.searchsorted(needs, self.free, side="right"))  # needs is non-decreasing
@@ -379,6 +391,7 @@ class Simulator:
         if k < 1:
             return None
         end = float(starts[k])
+        self._last_dt = float(dt[k - 1])
         j, dt, decode_kv, needs = j[:k], dt[:k], decode_kv[:k], needs[:k]
         used_before = cfg.total_blocks - self.free
 

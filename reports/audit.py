@@ -380,11 +380,15 @@ def _summary_table(result: AuditResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _client_table(result: AuditResult) -> tuple[list[str], list[list[str]]]:
+# The terminal gets the columns an operator scans first; Markdown and JSON have them all.
+TERMINAL_CLIENT_COLUMNS = tuple(c for c in CLIENT_COLUMNS if c[0] in ("requests", "rejected", "service", "TTFT p50", "TTFT p99", "e2e p99"))
+
+
+def _client_table(result: AuditResult, columns=CLIENT_COLUMNS) -> tuple[list[str], list[list[str]]]:
     """One row per (run, client)."""
-    header = ["run", "client"] + [label for label, _, _ in CLIENT_COLUMNS]
+    header = ["run", "client"] + [label for label, _, _ in columns]
     rows = [
-        [run["name"], client] + [_fmt(_get(info, keys), spec) for _, keys, spec in CLIENT_COLUMNS]
+        [run["name"], client] + [_fmt(_get(info, keys), spec) for _, keys, spec in columns]
         for run in result.runs
         for client, info in run["clients"].items()
     ]
@@ -419,11 +423,11 @@ def render_rich(result: AuditResult, console: Console) -> None:
     """Print the two tables of :func:`to_markdown` as rich tables."""
     for title, (header, rows), left in (
         ("Schedulers", _summary_table(result), 1),
-        ("Per client", _client_table(result), 2),
+        ("Per client", _client_table(result, TERMINAL_CLIENT_COLUMNS), 2),
     ):
         table = Table(title=title)
         for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i < left else "right")
+            table.add_column(name, justify="left" if i < left else "right", no_wrap=i < left)
         for row in rows:
             table.add_row(*row)
         console.print(table)

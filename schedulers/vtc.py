@@ -99,8 +99,11 @@ class VTC(Policy):
                 self._backlogged.update(client, self.counters[client])
 
     def on_tokens(self, reqs, k: int) -> None:
+        per_client: dict[str, float] = {}  # one heap update per client, not per request
         for req in reqs:
-            self._charge(req.client, self.token_charge(req, k) / req.weight)
+            per_client[req.client] = per_client.get(req.client, 0.0) + self.token_charge(req, k) / req.weight
+        for client, amount in per_client.items():
+            self._charge(client, amount)
 
     def on_finish(self, req: Request, now: float) -> None:
         self._charge(req.client, self.finish_charge(req) / req.weight)
