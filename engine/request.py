@@ -18,6 +18,7 @@ class Request:
         "prompt_tokens",
         "output_tokens",
         "weight",
+        "prompt",  # prompt text, when the workload has it (predictors may read it)
         # progress
         "computed",  # tokens (prompt, then output) whose KV is computed
         "generated",  # output tokens produced
@@ -34,13 +35,14 @@ class Request:
         "arrival_state",
     )
 
-    def __init__(self, request_id, client, arrival_s, prompt_tokens, output_tokens, weight=1.0):
+    def __init__(self, request_id, client, arrival_s, prompt_tokens, output_tokens, weight=1.0, prompt=None):
         self.request_id = request_id
         self.client = client
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
         self.weight = weight
+        self.prompt = prompt
         self.computed = 0
         self.generated = 0
         self.blocks = 0

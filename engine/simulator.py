@@ -118,7 +118,8 @@ class Simulator:
         prompts = cols.column("prompt_tokens").to_pylist()
         outputs = cols.column("output_tokens").to_pylist()
         weights = cols.column("weight").to_pylist()
-        reqs = [Request(*row) for row in zip(ids, clients, arrivals, prompts, outputs, weights)]
+        texts = workload.column("prompt").to_pylist()
+        reqs = [Request(*row) for row in zip(ids, clients, arrivals, prompts, outputs, weights, texts)]
         self._loop(reqs, arrivals)
         return self._request_table(workload, reqs, scheduler_name or self.policy.name), self.log.table()
 

@@ -1,0 +1,86 @@
+"""`equinox replay`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from equinox_cli.common import (
+    WORKLOAD_HELP,
+    console,
+    err_console,
+    load,
+    split_list,
+    user_errors,
+)
+
+
+@user_errors
+def replay(
+    workload: str = typer.Option("overload", "--workload", "-w", help=WORKLOAD_HELP),
+    scheduler: List[str] = typer.Option(
+        ["fcfs,vtc"],
+        "--scheduler",
+        "-s",
+        help="Comma-separated schedulers: fcfs, vtc, lcf, vtc-predict, vtc-oracle[:P], rpm[:N].",
+    ),
+    out: Path = typer.Option(
+        Path("runs/latest"), "--out", "-o", help="Results directory; one sub-directory per scheduler."
+    ),
+    preset: str = typer.Option(
+        "vtc-a10g-llama2-7b",
+        help="Engine preset (hardware + model); see `equinox presets`. The default is the VTC paper's engine.",
+    ),
+    seed: int = typer.Option(42, help="Seed for synthetic arrivals, client assignment and oracle noise."),
+    clients: Optional[int] = typer.Option(None, help="Assign N clients (seeded; replaces any clients the trace has)."),
+    client_dist: str = typer.Option("uniform", help="How --clients are assigned: uniform or zipf."),
+    rate: Optional[float] = typer.Option(None, help="Requests/s for a trace without timestamps."),
+    arrival: str = typer.Option("poisson", help="Arrival process with --rate: poisson or gamma."),
+    time_scale: float = typer.Option(1.0, help="Stretch real timestamps (2 = half the rate)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Force the input format instead of detecting it."),
+    tokenizer: str = typer.Option("cl100k_base", help="Tokenizer for traces with text (ShareGPT)."),
+    kv_capacity: Optional[int] = typer.Option(None, help="KV cache capacity in tokens (default: the preset's)."),
+    max_running: Optional[int] = typer.Option(None, help="Cap on running requests (default: the preset's)."),
+    max_batch_tokens: Optional[int] = typer.Option(None, help="Token budget per step (default: the preset's)."),
+    chunked_prefill: bool = typer.Option(True, help="Split long prompts across steps to fit the token budget."),
+    admit_every: Optional[int] = typer.Option(
+        None, min=1, help="Admit new requests every N steps (default: the preset's; VTC's engine merges every 10)."
+    ),
+    w_p: float = typer.Option(1.0, help="Service price of a prompt token."),
+    w_q: float = typer.Option(2.0, help="Service price of an output token."),
+):
+    """Replay a workload on the simulated engine under one or more schedulers.
+
+    Writes OUT/<scheduler>/requests.parquet, steps.parquet and run.json.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from engine.replay import replay as run_replay
+    from schedulers import ServiceWeights, run_name
+
+    specs = split_list(scheduler)
+    for spec in specs:
+        run_name(spec)  # fail on a bad name before loading anything
+    table = load(
+        workload, clients=clients, client_dist=client_dist, rate=rate, arrival=arrival,
+        time_scale=time_scale, seed=seed, fmt=fmt, tokenizer=tokenizer,
+    )  # fmt: skip
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        runs = run_replay(
+            table, specs, out, workload_name=workload, preset=preset, seed=seed,
+            service=ServiceWeights(w_p, w_q), progress=progress,
+            kv_capacity_tokens=kv_capacity, max_running=max_running,
+            max_batch_tokens=max_batch_tokens, chunked_prefill=chunked_prefill, admit_every=admit_every,
+        )  # fmt: skip
+    for run in runs:
+        console.print(f"wrote {run}")
+    console.print(f"next: equinox audit {out}")
