@@ -92,12 +92,22 @@ class CostModel(Protocol):
     @property
     def peak_flops(self) -> float: ...  # MFU = step_flops / step_time / peak_flops
 
-    def step_time(self, prefill_tokens: ArrayLike, prefill_attn_pairs: ArrayLike,
-                  decode_tokens: ArrayLike, decode_kv_tokens: ArrayLike,
-                  num_requests: ArrayLike) -> ArrayLike: ...
+    def step_time(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_attn_pairs: ArrayLike,
+        decode_tokens: ArrayLike,
+        decode_kv_tokens: ArrayLike,
+        num_requests: ArrayLike,
+    ) -> ArrayLike: ...
 
-    def step_flops(self, prefill_tokens: ArrayLike, prefill_attn_pairs: ArrayLike,
-                   decode_tokens: ArrayLike, decode_kv_tokens: ArrayLike) -> ArrayLike: ...
+    def step_flops(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_attn_pairs: ArrayLike,
+        decode_tokens: ArrayLike,
+        decode_kv_tokens: ArrayLike,
+    ) -> ArrayLike: ...
 
 
 def prefill_attn_pairs(chunk_len: ArrayLike, context_before: ArrayLike = 0) -> ArrayLike:
@@ -129,8 +139,13 @@ def roofline(compute_s: ArrayLike, memory_s: ArrayLike, p: float = np.inf) -> np
     return (c**p + m**p) ** (1.0 / p)
 
 
-def model_flops(model: ModelSpec, prefill_tokens: ArrayLike, prefill_attn_pairs: ArrayLike,
-                decode_tokens: ArrayLike, decode_kv_tokens: ArrayLike) -> ArrayLike:
+def model_flops(
+    model: ModelSpec,
+    prefill_tokens: ArrayLike,
+    prefill_attn_pairs: ArrayLike,
+    decode_tokens: ArrayLike,
+    decode_kv_tokens: ArrayLike,
+) -> ArrayLike:
     """Model FLOPs of a step: 2 FLOPs per linear weight per token, 4*d_model per layer per query-key pair."""
     tokens = np.asarray(prefill_tokens, dtype=float) + np.asarray(decode_tokens, dtype=float)
     pairs = np.asarray(prefill_attn_pairs, dtype=float) + np.asarray(decode_kv_tokens, dtype=float)
@@ -179,8 +194,11 @@ class RooflineCostModel:
         """Linear layers (QKV, O, MLP, LM head) over ``tokens`` tokens; no overhead."""
         n = np.asarray(tokens, dtype=float)
         compute = 2.0 * self.model.linear_params * n / (self.peak_flops * self.compute_efficiency)
-        memory = (self.model.linear_params * self.model.bytes_per_param
-                  / (self.tp * self.hardware.mem_bandwidth * self.memory_efficiency))
+        memory = (
+            self.model.linear_params
+            * self.model.bytes_per_param
+            / (self.tp * self.hardware.mem_bandwidth * self.memory_efficiency)
+        )
         return _ret(np.where(n > 0, roofline(compute, memory, self.roofline_p), 0.0))
 
     def attention_time(self, prefill_attn_pairs: ArrayLike, decode_kv_tokens: ArrayLike) -> ArrayLike:
@@ -189,24 +207,34 @@ class RooflineCostModel:
         pairs = np.asarray(prefill_attn_pairs, dtype=float)
         kv = np.asarray(decode_kv_tokens, dtype=float)
         prefill = 4.0 * m.d_model * m.n_layers * pairs / (self.peak_flops * self.attention_efficiency)
-        decode = (m.kv_bytes_per_token * kv
-                  / (self.tp * self.hardware.mem_bandwidth * self.memory_efficiency))
+        decode = m.kv_bytes_per_token * kv / (self.tp * self.hardware.mem_bandwidth * self.memory_efficiency)
         return _ret(prefill + decode)
 
-    def step_time(self, prefill_tokens: ArrayLike, prefill_attn_pairs: ArrayLike,
-                  decode_tokens: ArrayLike, decode_kv_tokens: ArrayLike,
-                  num_requests: ArrayLike) -> ArrayLike:
+    def step_time(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_attn_pairs: ArrayLike,
+        decode_tokens: ArrayLike,
+        decode_kv_tokens: ArrayLike,
+        num_requests: ArrayLike,
+    ) -> ArrayLike:
         tokens = np.asarray(prefill_tokens, dtype=float) + np.asarray(decode_tokens, dtype=float)
-        t = (np.asarray(self.linear_time(tokens))
-             + np.asarray(self.attention_time(prefill_attn_pairs, decode_kv_tokens))
-             + self.step_overhead_s
-             + self.request_overhead_s * np.asarray(num_requests, dtype=float))
+        t = (
+            np.asarray(self.linear_time(tokens))
+            + np.asarray(self.attention_time(prefill_attn_pairs, decode_kv_tokens))
+            + self.step_overhead_s
+            + self.request_overhead_s * np.asarray(num_requests, dtype=float)
+        )
         return _ret(np.where(tokens > 0, t, 0.0))
 
-    def step_flops(self, prefill_tokens: ArrayLike, prefill_attn_pairs: ArrayLike,
-                   decode_tokens: ArrayLike, decode_kv_tokens: ArrayLike) -> ArrayLike:
-        return model_flops(self.model, prefill_tokens, prefill_attn_pairs, decode_tokens,
-                           decode_kv_tokens)
+    def step_flops(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_attn_pairs: ArrayLike,
+        decode_tokens: ArrayLike,
+        decode_kv_tokens: ArrayLike,
+    ) -> ArrayLike:
+        return model_flops(self.model, prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens)
 
 
 # VTC's fitted cost function, Ying1123/VTC-artifact, slora/server/router/req_queue.py,
@@ -219,8 +247,11 @@ VTC_A10G_LLAMA2_7B_MS = (0.21001891, 0.10075395, 0.0039868, 0.00324733, 1.146014
 
 
 @lru_cache(maxsize=None)
-def vtc_kv_coefficient_ms(coef: tuple[float, float, float, float, float] = VTC_A10G_LLAMA2_7B_MS,
-                          inputs=(8, 64, 256, 512), outputs=(64, 128, 196, 256)) -> float:
+def vtc_kv_coefficient_ms(
+    coef: tuple[float, float, float, float, float] = VTC_A10G_LLAMA2_7B_MS,
+    inputs=(8, 64, 256, 512),
+    outputs=(64, 128, 196, 256),
+) -> float:
     """One per-KV-token decode coefficient (ms) standing in for VTC's ``c*x + 2*d*y`` terms.
 
     The VTC formula charges the y-th output token ``b + c*x + d*(2y - 1)``: prompt and
@@ -278,9 +309,14 @@ class VTCProfileCostModel:
         y = np.asarray(output_len, dtype=float)
         return _ret(a * x + b * y + c * x * y + d * y * y + e)
 
-    def step_time(self, prefill_tokens: ArrayLike, prefill_attn_pairs: ArrayLike,
-                  decode_tokens: ArrayLike, decode_kv_tokens: ArrayLike,
-                  num_requests: ArrayLike) -> ArrayLike:
+    def step_time(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_attn_pairs: ArrayLike,
+        decode_tokens: ArrayLike,
+        decode_kv_tokens: ArrayLike,
+        num_requests: ArrayLike,
+    ) -> ArrayLike:
         a, b, _, _, e = self.coefficients_ms
         p = np.asarray(prefill_tokens, dtype=float)
         dec = np.asarray(decode_tokens, dtype=float)
@@ -290,7 +326,11 @@ class VTCProfileCostModel:
         t = np.maximum(self.min_step_s, ms / 1000.0)
         return _ret(np.where(p + dec > 0, t, 0.0))
 
-    def step_flops(self, prefill_tokens: ArrayLike, prefill_attn_pairs: ArrayLike,
-                   decode_tokens: ArrayLike, decode_kv_tokens: ArrayLike) -> ArrayLike:
-        return model_flops(self.model, prefill_tokens, prefill_attn_pairs, decode_tokens,
-                           decode_kv_tokens)
+    def step_flops(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_attn_pairs: ArrayLike,
+        decode_tokens: ArrayLike,
+        decode_kv_tokens: ArrayLike,
+    ) -> ArrayLike:
+        return model_flops(self.model, prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens)

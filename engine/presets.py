@@ -32,12 +32,22 @@ A10G = Hardware("A10G", peak_flops=70e12, mem_bandwidth=600e9, memory_bytes=24 *
 HARDWARE = {"a10g": A10G, "a100": A100_80GB, "h100": H100_80GB}
 
 # --- Models (Hugging Face config.json of meta-llama/Llama-2-*-hf; n_params = exact count) -----
-LLAMA2_7B = ModelSpec("Llama-2-7b", n_params=6_738_415_616, n_layers=32, d_model=4096, n_heads=32,
-                      n_kv_heads=32, d_ff=11008, vocab=32000)
-LLAMA2_13B = ModelSpec("Llama-2-13b", n_params=13_015_864_320, n_layers=40, d_model=5120, n_heads=40,
-                       n_kv_heads=40, d_ff=13824, vocab=32000)
-LLAMA2_70B = ModelSpec("Llama-2-70b", n_params=68_976_648_192, n_layers=80, d_model=8192, n_heads=64,
-                       n_kv_heads=8, d_ff=28672, vocab=32000)
+LLAMA2_7B = ModelSpec(
+    "Llama-2-7b", n_params=6_738_415_616, n_layers=32, d_model=4096, n_heads=32, n_kv_heads=32, d_ff=11008, vocab=32000
+)
+LLAMA2_13B = ModelSpec(
+    "Llama-2-13b",
+    n_params=13_015_864_320,
+    n_layers=40,
+    d_model=5120,
+    n_heads=40,
+    n_kv_heads=40,
+    d_ff=13824,
+    vocab=32000,
+)
+LLAMA2_70B = ModelSpec(
+    "Llama-2-70b", n_params=68_976_648_192, n_layers=80, d_model=8192, n_heads=64, n_kv_heads=8, d_ff=28672, vocab=32000
+)
 
 MODELS = {"llama2-7b": LLAMA2_7B, "llama2-13b": LLAMA2_13B, "llama2-70b": LLAMA2_70B}
 
@@ -91,8 +101,9 @@ class EnginePreset:
     merge_interval_steps: int = 1  # new requests join the batch every this many decode steps
 
 
-def kv_capacity_tokens(hardware: Hardware, model: ModelSpec, tp: int = 1,
-                       utilization: float = GPU_MEMORY_UTILIZATION) -> int:
+def kv_capacity_tokens(
+    hardware: Hardware, model: ModelSpec, tp: int = 1, utilization: float = GPU_MEMORY_UTILIZATION
+) -> int:
     """KV tokens that fit: ``(tp * memory * utilization - weights) / kv_bytes_per_token``."""
     free = tp * hardware.memory_bytes * utilization - model.weight_bytes
     if free <= 0:
@@ -103,18 +114,32 @@ def kv_capacity_tokens(hardware: Hardware, model: ModelSpec, tp: int = 1,
 def roofline_model(gpu: str, model: str) -> RooflineCostModel:
     """The calibrated roofline model of ``gpu`` running ``model`` at its tensor-parallel degree."""
     ce, ae, me, step, req = CALIBRATION[(gpu, model)]
-    return RooflineCostModel(HARDWARE[gpu], MODELS[model], tp=TENSOR_PARALLEL[model],
-                             compute_efficiency=ce, attention_efficiency=ae, memory_efficiency=me,
-                             step_overhead_s=step, request_overhead_s=req, roofline_p=ROOFLINE_P)
+    return RooflineCostModel(
+        HARDWARE[gpu],
+        MODELS[model],
+        tp=TENSOR_PARALLEL[model],
+        compute_efficiency=ce,
+        attention_efficiency=ae,
+        memory_efficiency=me,
+        step_overhead_s=step,
+        request_overhead_s=req,
+        roofline_p=ROOFLINE_P,
+    )
 
 
 def _vllm_preset(gpu: str, model: str) -> EnginePreset:
     """vLLM defaults: max_num_seqs 256, max_num_batched_tokens 2048 (chunked prefill), block 16."""
     hw, spec, tp = HARDWARE[gpu], MODELS[model], TENSOR_PARALLEL[model]
-    return EnginePreset(name=f"{gpu}-{model}", hardware=hw, model=spec,
-                        cost_model=roofline_model(gpu, model),
-                        kv_capacity_tokens=kv_capacity_tokens(hw, spec, tp),
-                        max_running=256, max_batch_tokens=2048, tensor_parallel=tp)
+    return EnginePreset(
+        name=f"{gpu}-{model}",
+        hardware=hw,
+        model=spec,
+        cost_model=roofline_model(gpu, model),
+        kv_capacity_tokens=kv_capacity_tokens(hw, spec, tp),
+        max_running=256,
+        max_batch_tokens=2048,
+        tensor_parallel=tp,
+    )
 
 
 def _vtc_preset() -> EnginePreset:
@@ -127,9 +152,16 @@ def _vtc_preset() -> EnginePreset:
     pool = 10_000
     floor = roofline_model("a10g", "llama2-7b").linear_time(1)  # a step reads all the weights
     cost = VTCProfileCostModel(model=LLAMA2_7B, hardware=A10G, min_step_s=float(floor))
-    return EnginePreset(name="vtc-a10g-llama2-7b", hardware=A10G, model=LLAMA2_7B, cost_model=cost,
-                        kv_capacity_tokens=pool, max_running=1000,
-                        max_batch_tokens=max(pool // 6, 2048 + 1024), merge_interval_steps=10)
+    return EnginePreset(
+        name="vtc-a10g-llama2-7b",
+        hardware=A10G,
+        model=LLAMA2_7B,
+        cost_model=cost,
+        kv_capacity_tokens=pool,
+        max_running=1000,
+        max_batch_tokens=max(pool // 6, 2048 + 1024),
+        merge_interval_steps=10,
+    )
 
 
 PRESETS: dict[str, EnginePreset] = {
@@ -156,5 +188,6 @@ def get_preset(name: str = DEFAULT_PRESET) -> EnginePreset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise InputError(f"unknown engine preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}",
-                         source="preset") from None
+        raise InputError(
+            f"unknown engine preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}", source="preset"
+        ) from None

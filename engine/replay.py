@@ -14,6 +14,8 @@ import pyarrow as pa
 
 from engine.presets import DEFAULT_PRESET, get_preset
 from engine.results import (
+    COUNTER_SCHEMA,
+    COUNTERS_FILE,
     REQUESTS_FILE,
     RUN_FILE,
     STEPS_FILE,
@@ -22,9 +24,8 @@ from engine.results import (
     atomic_write_parquet,
 )
 from engine.simulator import EngineConfig, Simulator
-from schedulers import ServiceWeights, make_policy, run_name
+from schedulers import EquinoxKnobs, ServiceWeights, make_policy, run_name
 from traces.schema import workload_metadata
-
 
 
 def engine_config(preset_name: str = DEFAULT_PRESET, **overrides) -> tuple[EngineConfig, object]:
@@ -63,11 +64,31 @@ def _versions() -> dict:
     return out
 
 
-def write_run(run_dir: Path, requests: pa.Table, steps: pa.Table, config: dict) -> None:
+def counters_table(policy) -> pa.Table | None:
+    """Equinox's per-client counter trajectory (``counters.parquet``), if the policy keeps one."""
+    rows = getattr(policy, "trajectory", None)
+    if not rows:
+        return None
+    time_s, client, ufc, rfc, hf = zip(*rows)
+    return pa.table(
+        {
+            "time_s": list(time_s),
+            "client_id": list(client),
+            "ufc": list(ufc),
+            "rfc": list(rfc),
+            "hf": [None if h != h else h for h in hf],  # NaN: not backlogged
+        },
+        schema=COUNTER_SCHEMA,
+    )
+
+
+def write_run(run_dir: Path, requests: pa.Table, steps: pa.Table, config: dict, counters: pa.Table | None = None):
     """Write one run directory; it appears whole or not at all."""
     with atomic_directory(run_dir) as tmp:
         atomic_write_parquet(requests, tmp / REQUESTS_FILE)
         atomic_write_parquet(steps, tmp / STEPS_FILE)
+        if counters is not None:
+            atomic_write_parquet(counters, tmp / COUNTERS_FILE)
         atomic_write_json(config, tmp / RUN_FILE)
 
 
@@ -80,17 +101,30 @@ def replay(
     preset: str = DEFAULT_PRESET,
     seed: int = 42,
     service: ServiceWeights = ServiceWeights(),
+    equinox: EquinoxKnobs = EquinoxKnobs(),
+    predictors=None,
     progress=None,
     **engine_overrides,
 ) -> list[Path]:
     """Replay ``workload`` under each scheduler spec; write ``out_dir/<scheduler>/``.
 
     ``progress`` is an optional ``rich.progress.Progress``; each scheduler gets a task.
+    ``equinox`` holds the Equinox knobs; ``predictors`` is a loaded MoPE bundle whose
+    sessions supply predicted lengths to the policies that use them.
     Returns the run directories in the order of ``schedulers``.
     """
     config, engine_preset = engine_config(preset, **engine_overrides)
     names = [run_name(spec) for spec in schedulers]  # validates every spec before any work
-    policies = [make_policy(spec, seed=seed, service=service) for spec in schedulers]
+    policies = [
+        make_policy(
+            spec,
+            seed=seed,
+            service=service,
+            equinox=equinox,
+            predictor=predictors.session() if predictors is not None else None,
+        )
+        for spec in schedulers
+    ]
     out_dir = Path(out_dir)
     workload_record = {
         "name": workload_name,
@@ -127,7 +161,7 @@ def replay(
             "versions": _versions(),
         }
         run_dir = out_dir / name
-        write_run(run_dir, requests, steps, config_record)
+        write_run(run_dir, requests, steps, config_record, counters_table(policy))
         if progress is not None:
             progress.update(task, completed=workload.num_rows)
         runs.append(run_dir)

@@ -7,6 +7,7 @@ A run directory holds:
 * ``steps.parquet``: one row per engine step (``STEP_SCHEMA``); idle gaps between
   steps are rows with ``busy = False`` so that the rows tile the run's time line.
 * ``run.json``: the full configuration, seed and versions.
+* ``counters.parquet`` (Equinox runs): per-client UFC, RFC and HF over time.
 
 All times are seconds from the workload's start.  Files are written atomically
 (to a temporary name, then renamed), so an interrupted run leaves no truncated file.
@@ -71,7 +72,19 @@ STEP_SCHEMA = pa.schema(
     ]
 )
 
+# Equinox's per-client counters, sampled during the run (counters.parquet).
+COUNTER_SCHEMA = pa.schema(
+    [
+        ("time_s", pa.float64()),
+        ("client_id", pa.string()),
+        ("ufc", pa.float64()),
+        ("rfc", pa.float64()),
+        ("hf", pa.float64()),  # null while the client is not backlogged
+    ]
+)
+
 REQUESTS_FILE = "requests.parquet"
+COUNTERS_FILE = "counters.parquet"
 STEPS_FILE = "steps.parquet"
 RUN_FILE = "run.json"
 

@@ -37,6 +37,7 @@ class EngineConfig:
     max_batch_tokens: int = 2048  # per-step token budget (max_num_batched_tokens)
     block_size: int = 16
     chunked_prefill: bool = True
+    stall_free: bool = False  # decodes first, then partial prefills, then new prefills (Sarathi-Serve)
     admit_every: int = 1  # admit new requests every N steps (S-LoRA/VTC merges every 10)
     fast_forward: bool = True
 
@@ -141,7 +142,7 @@ class Simulator:
                 now = gap_end
                 continue
             next_arrival = arrivals[nxt] if nxt < n else float("inf")
-            if self.config.fast_forward:
+            if self.config.fast_forward and policy.exact_under_fast_forward:
                 end = self._stretch(now, next_arrival)
                 if end is not None:
                     now = end
@@ -191,21 +192,30 @@ class Simulator:
     def _step(self, now: float) -> float:
         cfg = self.config
         bs = self.bs
-        budget = cfg.max_batch_tokens
-        scheduled: list[tuple[Request, int]] = []
+        budget = step_budget = self.policy.token_budget(cfg.max_batch_tokens)
+        batch: dict[int, tuple[Request, int]] = {}  # id(request) -> (request, tokens this step)
         preempted = 0
         running = self.running
-
-        i = 0
-        while i < len(running) and budget > 0:
-            req = running[i]
+        # vLLM schedules running requests in admission order; stall-free (Sarathi-Serve) takes
+        # every decode first, then partial prefills.  Either way the victim of a preemption is
+        # the most recently admitted request.
+        order = running
+        if cfg.stall_free:
+            order = [r for r in running if r.decoding] + [r for r in running if not r.decoding]
+        for req in order:
+            if budget <= 0:
+                break
+            if req.status != "running":  # preempted earlier in this step
+                continue
             n = self._chunk(req, budget)
             if n == 0:
-                i += 1
                 continue
             need = _ceil_div(req.computed + n, bs) - req.blocks
             while need > self.free:
                 victim = running.pop()
+                undone = batch.pop(id(victim), None)
+                if undone is not None:
+                    budget += undone[1]
                 self._preempt(victim)
                 preempted += 1
                 if victim is req:
@@ -213,11 +223,11 @@ class Simulator:
             else:
                 self.free -= need
                 req.blocks += need
-                scheduled.append((req, n))
+                batch[id(req)] = (req, n)
                 budget -= n
-                i += 1
                 continue
             break
+        scheduled = list(batch.values())
 
         admitted = 0
         if not preempted and (self.step % cfg.admit_every == 0 or not running):
@@ -237,6 +247,7 @@ class Simulator:
             raise RuntimeError(f"engine stalled at t={now:.3f}s: nothing could be scheduled")
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, len(scheduled)))
         self._last_dt = dt
+        self.policy.on_step(now, dt, scheduled)
         flops = self.cost.step_flops(prefill_tokens, prefill_pairs, decode_tokens, decode_kv)
         end = now + dt
 
@@ -264,7 +275,7 @@ class Simulator:
             running=len(scheduled), waiting=self.policy.waiting, admitted=admitted,
             finished=len(done), preempted=preempted,
             kv_used_tokens=(cfg.total_blocks - self.free) * bs,
-            kv_capacity_tokens=cfg.total_blocks * bs, token_budget=cfg.max_batch_tokens,
+            kv_capacity_tokens=cfg.total_blocks * bs, token_budget=step_budget,
             flops=float(flops),
         )  # fmt: skip
         self.step += 1

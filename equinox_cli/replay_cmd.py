@@ -15,6 +15,10 @@ from equinox_cli.common import (
     split_list,
     user_errors,
 )
+from schedulers.equinox import EquinoxKnobs
+from traces.errors import InputError
+
+_EQ = EquinoxKnobs()  # the documented defaults
 
 
 @user_errors
@@ -48,8 +52,48 @@ def replay(
     admit_every: Optional[int] = typer.Option(
         None, min=1, help="Admit new requests every N steps (default: the preset's; VTC's engine merges every 10)."
     ),
+    stall_free: bool = typer.Option(
+        False, help="Stall-free steps (Sarathi-Serve): decodes first, then partial, then new prefills."
+    ),
     w_p: float = typer.Option(1.0, help="Service price of a prompt token."),
     w_q: float = typer.Option(2.0, help="Service price of an output token."),
+    alpha: float = typer.Option(
+        _EQ.alpha, help="Equinox: weight of the User Fairness Counter in HF.", rich_help_panel="Equinox"
+    ),
+    beta: float = typer.Option(
+        _EQ.beta, help="Equinox: weight of the Resource Fairness Counter in HF.", rich_help_panel="Equinox"
+    ),
+    gamma: float = typer.Option(
+        _EQ.gamma, help="Equinox: latency discount strength (0 = off).", rich_help_panel="Equinox"
+    ),
+    ttft_slo: float = typer.Option(_EQ.ttft_slo_s, help="Equinox: TTFT SLO in seconds.", rich_help_panel="Equinox"),
+    tpot_slo: float = typer.Option(
+        _EQ.tpot_slo_s, help="Equinox: time-per-output-token SLO in seconds.", rich_help_panel="Equinox"
+    ),
+    delta: float = typer.Option(
+        _EQ.delta,
+        help="Equinox: HF slack within which a fitting request may skip one that does not fit.",
+        rich_help_panel="Equinox",
+    ),
+    adaptive_budget: bool = typer.Option(
+        _EQ.adaptive_budget,
+        help="Equinox: adapt the step token budget to the TPOT SLO and utilization.",
+        rich_help_panel="Equinox",
+    ),
+    budget_min: int = typer.Option(
+        _EQ.budget_min, help="Equinox: smallest adaptive token budget.", rich_help_panel="Equinox"
+    ),
+    budget_max: int = typer.Option(
+        _EQ.budget_max, help="Equinox: largest adaptive token budget.", rich_help_panel="Equinox"
+    ),
+    utilization_target: float = typer.Option(
+        _EQ.utilization_target,
+        help="Equinox: grow the budget while a step uses less than this share of it.",
+        rich_help_panel="Equinox",
+    ),
+    predictors: Optional[Path] = typer.Option(
+        None, help="A MoPE bundle (equinox train-predictors): predicted lengths for equinox and vtc-predict."
+    ),
 ):
     """Replay a workload on the simulated engine under one or more schedulers.
 
@@ -66,6 +110,20 @@ def replay(
     from engine.replay import replay as run_replay
     from schedulers import ServiceWeights, run_name
 
+    try:
+        knobs = EquinoxKnobs(
+            alpha=alpha, beta=beta, gamma=gamma, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, delta=delta,
+            adaptive_budget=adaptive_budget, budget_min=budget_min, budget_max=budget_max,
+            utilization_target=utilization_target,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise InputError(str(exc), source="Equinox options") from None
+    bundle = None
+    if predictors is not None:
+        from predictors import load_bundle
+
+        bundle = load_bundle(predictors, preset=preset)
+
     specs = split_list(scheduler)
     for spec in specs:
         run_name(spec)  # fail on a bad name before loading anything
@@ -77,7 +135,8 @@ def replay(
     with Progress(*columns, console=err_console, transient=False) as progress:
         runs = run_replay(
             table, specs, out, workload_name=workload, preset=preset, seed=seed,
-            service=ServiceWeights(w_p, w_q), progress=progress,
+            service=ServiceWeights(w_p, w_q), equinox=knobs, predictors=bundle, progress=progress,
+            stall_free=stall_free,
             kv_capacity_tokens=kv_capacity, max_running=max_running,
             max_batch_tokens=max_batch_tokens, chunked_prefill=chunked_prefill, admit_every=admit_every,
         )  # fmt: skip

@@ -224,6 +224,66 @@ def total_service(requests: pd.DataFrame, w_p: float = 1.0, w_q: float = 2.0) ->
     return pd.Series(s, index=clients)
 
 
+# -- demand and starvation -----------------------------------------------------------------
+
+
+def requested_service(requests: pd.DataFrame, w_p: float = 1.0, w_q: float = 2.0) -> np.ndarray:
+    """Normalised service each request asked for, ``(w_p * prompt + w_q * output_tokens) / weight``,
+    whether it was served or rejected."""
+    raw = w_p * requests["prompt_tokens"].to_numpy(np.float64) + w_q * requests["output_tokens"].to_numpy(np.float64)
+    return raw / requests["weight"].to_numpy(np.float64)
+
+
+def demand_curves(requests: pd.DataFrame, grid, w_p: float = 1.0, w_q: float = 2.0) -> pd.DataFrame:
+    """Cumulative normalised service demanded by each client's requests arriving at or before each grid time."""
+    codes, clients = client_codes(requests)
+    g = np.asarray(grid, dtype=np.float64)
+    arrival = requests["arrival_s"].to_numpy(np.float64)
+    return _frame(_cumulative(codes, arrival, requested_service(requests, w_p, w_q), len(clients), g), g, clients)
+
+
+def demanded_service(requests: pd.DataFrame, w_p: float = 1.0, w_q: float = 2.0) -> pd.Series:
+    """Normalised service each client asked for over the whole run."""
+    codes, clients = client_codes(requests)
+    return pd.Series(np.bincount(codes, weights=requested_service(requests, w_p, w_q), minlength=len(clients)), clients)
+
+
+def starvation(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per client: the longest time it was backlogged without progress, and when that wait began.
+
+    A wait runs from the moment the client becomes backlogged (its waiting count goes from 0 to 1),
+    or from the admission of one of its requests that leaves others waiting, to the next admission
+    of one of its requests: an interval in which the client always had a request waiting and none
+    was admitted.  With one request at a time this is that request's queueing delay; a client with
+    many waiting requests progresses at each admission, so its starvation can be shorter than its
+    longest queueing delay.  Admission means the first admission (as in :func:`backlogged`);
+    rejected requests never wait.  A client none of whose requests was admitted gets 0 and a NaN start.
+    """
+    codes, clients = client_codes(requests)
+    waits = (requests["status"] != "rejected").to_numpy()
+    c = codes[waits]
+    client = np.r_[c, c]
+    time = np.r_[requests["arrival_s"].to_numpy(np.float64)[waits], requests["admitted_s"].to_numpy(np.float64)[waits]]
+    step = np.r_[np.ones(c.size, np.int64), -np.ones(c.size, np.int64)]  # +1 arrival, -1 admission
+    order = np.lexsort((-step, time, client))  # by client, then time, arrivals first on ties
+    client, time, step = client[order], time[order], step[order]
+    index = np.arange(client.size)
+    first = np.maximum.accumulate(np.where(np.r_[True, client[1:] != client[:-1]], index, 0))
+    total = np.cumsum(step)
+    count = total - total[first] + step[first]  # waiting requests of the client after each event
+    starts = ((step > 0) & (count == 1)) | ((step < 0) & (count > 0))
+    latest = np.maximum.accumulate(np.where(starts, index, 0))
+    admissions = np.flatnonzero(step < 0)
+    began = time[latest[admissions - 1]] if admissions.size else np.empty(0)
+    wait = time[admissions] - began
+    out = pd.DataFrame({"starvation_s": 0.0, "from_s": np.nan}, index=clients)
+    if admissions.size:
+        pick = np.lexsort((np.nan_to_num(wait, nan=-1.0), client[admissions]))
+        last = pick[np.r_[client[admissions][pick][1:] != client[admissions][pick][:-1], True]]
+        out.iloc[client[admissions][last]] = np.c_[wait[last], began[last]]
+    return out
+
+
 # -- latency, throughput, utilization -----------------------------------------------------
 
 
@@ -243,9 +303,8 @@ def latencies(requests: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def latency_stats(requests: pd.DataFrame) -> dict:
-    """Mean, p50, p90, p99 (linear interpolation) of each latency, overall and per client."""
-    lat = latencies(requests)
+def latency_stats(lat: pd.DataFrame) -> dict:
+    """Mean, p50, p90, p99 (linear interpolation) of each latency in :func:`latencies`, overall and per client."""
     overall = _stats(lat[list(LATENCIES)].mean(), lat[list(LATENCIES)].quantile(list(QUANTILES.values())))
     groups = lat.groupby("client_id", sort=True)[list(LATENCIES)]
     means, quants = groups.mean(), groups.quantile(list(QUANTILES.values()))

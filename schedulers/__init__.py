@@ -7,8 +7,10 @@ optional parameter after ``:`` (or in parentheses, as the papers write it).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from schedulers.base import Policy, ServiceWeights
+from schedulers.equinox import Equinox, EquinoxKnobs
 from schedulers.fcfs import FCFS
 from schedulers.lcf import LCF
 from schedulers.rpm import RPM
@@ -23,6 +25,8 @@ POLICIES = {
     "vtc-predict": (VTCPredict, "VTC charging predicted output lengths (per-client moving average)"),
     "vtc-oracle": (VTCOracle, "VTC with oracle lengths, noise p: vtc-oracle:P (default 0)"),
     "rpm": (RPM, "per-client limit of N requests per minute, FCFS: rpm:N (default 5)"),
+    "equinox": (Equinox, "Equinox: user + resource counters, Holistic Fairness (lengths: MoPE or moving average)"),
+    "equinox-oracle": (Equinox, "Equinox with oracle output lengths"),
 }
 
 _SPEC = re.compile(r"^\s*([a-z][a-z0-9-]*)\s*(?::\s*([0-9.]+)|\(\s*([0-9.]+)\s*\))?\s*$")
@@ -48,18 +52,29 @@ def run_name(spec: str) -> str:
     return f"{name}-{param:g}"
 
 
-def make_policy(spec: str, *, seed: int = 42, service: ServiceWeights = ServiceWeights()) -> Policy:
+def make_policy(
+    spec: str,
+    *,
+    seed: int = 42,
+    service: ServiceWeights = ServiceWeights(),
+    equinox: EquinoxKnobs = EquinoxKnobs(),
+    predictor=None,
+) -> Policy:
+    """Build a policy; ``equinox`` knobs and a ``predictor`` session apply to the policies that use them."""
     name, param = parse_spec(spec)
     cls = POLICIES[name][0]
+    if param is not None and name not in ("rpm", "vtc-oracle"):
+        raise InputError(f"scheduler {name!r} takes no parameter", source="--scheduler")
+    if name.startswith("equinox"):
+        lengths = "oracle" if name == "equinox-oracle" else ("predictor" if predictor is not None else "average")
+        return Equinox(replace(equinox, lengths=lengths), predictor=predictor, service=service)
     if name == "rpm":
         if param is not None and (param < 1 or param != int(param)):
             raise InputError(f"rpm:N needs a whole number N >= 1, got {param:g}", source="--scheduler")
         return RPM(limit=int(param) if param is not None else 5, service=service)
     if name == "vtc-oracle":
         return VTCOracle(p=param or 0.0, seed=seed, service=service)
-    if param is not None:
-        raise InputError(f"scheduler {name!r} takes no parameter", source="--scheduler")
     return cls(service=service)
 
 
-__all__ = ["POLICIES", "Policy", "ServiceWeights", "make_policy", "parse_spec", "run_name"]
+__all__ = ["Equinox", "EquinoxKnobs", "POLICIES", "Policy", "ServiceWeights", "make_policy", "parse_spec", "run_name"]

@@ -13,6 +13,8 @@ order of admission.  The engine calls, in this order within a step:
 * ``on_tokens(reqs, k)`` after the engine produced ``k`` output tokens for each
   request in ``reqs`` (``k > 1`` when the engine advances several steps at once).
 * ``on_finish(req, now)`` when a request has produced its last token.
+* ``on_step(now, duration_s, batch)`` after each step, with ``(request, tokens)`` pairs.
+* ``token_budget(default)`` before each step: the step's token budget.
 
 Nothing here knows about blocks, steps or vLLM objects.
 """
@@ -37,6 +39,9 @@ class Policy:
     """Base class; subclasses define the order. See the module docstring."""
 
     name = "policy"
+    # The simulator may advance pure decode stretches in one move (calling on_tokens with k > 1
+    # and skipping on_step) only for policies whose decisions come out identical that way.
+    exact_under_fast_forward = True
 
     def __init__(self, service: ServiceWeights = ServiceWeights()):
         self.service = service
@@ -70,6 +75,13 @@ class Policy:
 
     def on_finish(self, req: Request, now: float) -> None:
         """A request finished."""
+
+    def on_step(self, now: float, duration_s: float, batch: list) -> None:
+        """A step of ``duration_s`` started at ``now`` ran ``batch``: ``(request, tokens)`` pairs."""
+
+    def token_budget(self, default: int) -> int:
+        """The token budget of the next step; the engine's own by default."""
+        return default
 
     def describe(self) -> dict:
         """The knobs that define this policy, for run.json."""

@@ -229,7 +229,7 @@ def test_latencies_per_request():
 
 
 def test_latency_percentiles_overall_and_per_client():
-    stats = m.latency_stats(LAT)
+    stats = m.latency_stats(m.latencies(LAT))
     ttft = stats["overall"]["ttft"]
     # sorted 2, 2, 4, 8; linear interpolation at (n-1) q: p50 at 1.5 -> 3; p90 at 2.7 -> 4 + 0.7*4 = 6.8;
     # p99 at 2.97 -> 4 + 0.97*4 = 7.88; mean 16/4 = 4

@@ -1,0 +1,326 @@
+"""Equinox: holistic fair scheduling with two counters per client (ALGORITHMS.md section 3).
+
+* **UFC**, the User Fairness Counter: service the user perceived.  At admission
+  ``UFC += (w_p * prompt * g(ttft_hat) + w_q * out_hat * g(tpot_hat)) / weight`` with
+  ``g(lat) = 1 / (1 + gamma * max(0, lat / slo - 1))``: tokens that came late count less,
+  so a client whose requests waited moves ahead.  ``ttft_hat`` is the time already waited
+  plus the predicted prefill time; ``tpot_hat`` the predicted time per output token.
+  Output tokens beyond ``out_hat`` are charged as they come; at completion the charge is
+  replaced by the actual one (actual length, TTFT and TPOT).
+* **RFC**, the Resource Fairness Counter: engine time the client's requests used.  At
+  admission ``RFC += gpu_seconds_hat / weight`` (prompt and predicted output tokens at the
+  engine's measured seconds per token); each step's measured time is shared among its
+  requests in proportion to the tokens they computed, charged beyond the prediction as
+  it accrues, and corrected to the actual at completion.
+* **HF** ``= alpha * UFC / mean(UFC) + beta * RFC / mean(RFC)`` over backlogged clients
+  (an all-zero counter normalises to 0).  Admission picks the lowest HF; with ``beta = 0``
+  (or ``alpha = 0``) the order is that of the one counter, which is VTC's order when
+  ``gamma = 0`` and lengths are exact: the reduction test.
+* **Adaptive batching**: when the lowest-HF client's next request does not fit, admit the
+  head of another client whose HF is within ``delta`` of the minimum; and grow the step
+  token budget while the measured time per output token is under its SLO and the step's
+  utilization is under target, shrinking it otherwise.
+
+Both counters are lifted like VTC's when a client becomes backlogged.  Output lengths come
+from an oracle (the request's actual length), a predictor session (MoPE), or, by default,
+the client's moving average (as VTC-predict).  Every knob is in ``EquinoxKnobs``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+
+from engine.request import Request
+from schedulers.base import Policy
+
+WINDOW = 5  # moving average of output lengths, as VTC-predict
+EMA = 0.05  # smoothing of the measured seconds per token
+
+
+@dataclass(frozen=True)
+class EquinoxKnobs:
+    alpha: float = 0.5  # weight of the user counter in HF
+    beta: float = 0.5  # weight of the resource counter in HF
+    gamma: float = 1.0  # latency discount strength (0: off)
+    ttft_slo_s: float = 2.0  # TTFT SLO of the latency discount
+    tpot_slo_s: float = 0.1  # time-per-output-token SLO (discount and budget adaptation)
+    delta: float = 0.1  # HF slack for skipping a request that does not fit (0: no skipping)
+    adaptive_budget: bool = True  # adapt the step token budget
+    budget_min: int = 256
+    budget_max: int = 8192
+    utilization_target: float = 0.9  # of the step's token budget
+    lengths: str = "average"  # "oracle", "average" or "predictor"
+    log_interval_s: float = 1.0  # counter trajectory sampling, for the audit
+
+    def __post_init__(self):
+        if min(self.alpha, self.beta, self.gamma, self.delta) < 0 or self.alpha + self.beta == 0:
+            raise ValueError("alpha, beta, gamma, delta must be >= 0 and alpha + beta > 0")
+        if self.ttft_slo_s <= 0 or self.tpot_slo_s <= 0:
+            raise ValueError("latency SLOs must be > 0")
+        if not 0 < self.budget_min <= self.budget_max:
+            raise ValueError("need 0 < budget_min <= budget_max")
+        if self.lengths not in ("oracle", "average", "predictor"):
+            raise ValueError("lengths must be oracle, average or predictor")
+
+
+class _Charge:
+    """What one request has been charged so far, and the predictions behind it."""
+
+    __slots__ = ("out_hat", "tpot_hat", "ufc", "rfc_hat", "rfc_actual", "rfc")
+
+    def __init__(self, out_hat: float, tpot_hat: float, ufc: float, rfc_hat: float):
+        self.out_hat = out_hat
+        self.tpot_hat = tpot_hat
+        self.ufc = ufc
+        self.rfc_hat = rfc_hat
+        self.rfc_actual = 0.0  # measured engine seconds so far
+        self.rfc = rfc_hat  # charged to RFC so far
+
+
+class Equinox(Policy):
+    name = "equinox"
+
+    def __init__(self, knobs: EquinoxKnobs = EquinoxKnobs(), predictor=None, **kwargs):
+        super().__init__(**kwargs)
+        if knobs.lengths == "predictor" and predictor is None:
+            raise ValueError("lengths='predictor' needs a predictor session")
+        self.knobs = knobs
+        self.predictor = predictor
+        self.ufc: dict[str, float] = {}
+        self.rfc: dict[str, float] = {}
+        self._queues: dict[str, deque[Request]] = {}
+        self._backlogged: dict[str, None] = {}  # insertion-ordered set: first-seen order breaks ties
+        self._order: dict[str, int] = {}
+        self._last_left: str | None = None
+        self._waiting = 0
+        self._charges: dict[int, _Charge] = {}
+        self._average: dict[str, float] = {}
+        self._sec_per_prefill_token = 0.0  # measured, smoothed
+        self._sec_per_step = 0.0
+        self._batch_size = 1.0  # decodes per decode-only step, smoothed
+        self._budget: int | None = None
+        self._next_log = 0.0
+        self.trajectory: list[tuple[float, str, float, float, float]] = []
+        # Per-step charging and a budget that moves between steps need every step reported.
+        self.exact_under_fast_forward = knobs.beta == 0 and not knobs.adaptive_budget
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    # -- the score ---------------------------------------------------------------------
+    def _scores(self) -> dict[str, float]:
+        k = self.knobs
+        clients = self._backlogged
+        if k.beta == 0:
+            return {c: self.ufc[c] for c in clients}
+        if k.alpha == 0:
+            return {c: self.rfc[c] for c in clients}
+        mean_u = sum(self.ufc[c] for c in clients) / len(clients)
+        mean_r = sum(self.rfc[c] for c in clients) / len(clients)
+        scale_u = k.alpha / mean_u if mean_u > 0 else 0.0
+        scale_r = k.beta / mean_r if mean_r > 0 else 0.0
+        return {c: scale_u * self.ufc[c] + scale_r * self.rfc[c] for c in clients}
+
+    def hf(self) -> dict[str, float]:
+        """The Holistic Fairness score of every backlogged client, normalised as in the docstring."""
+        k = self.knobs
+        clients = self._backlogged
+        if not clients:
+            return {}
+        mean_u = sum(self.ufc[c] for c in clients) / len(clients)
+        mean_r = sum(self.rfc[c] for c in clients) / len(clients)
+        return {
+            c: (k.alpha * self.ufc[c] / mean_u if mean_u > 0 else 0.0)
+            + (k.beta * self.rfc[c] / mean_r if mean_r > 0 else 0.0)
+            for c in clients
+        }
+
+    # -- queue -------------------------------------------------------------------------
+    def on_arrival(self, req: Request, now: float) -> bool:
+        client = req.client
+        queue = self._queues.get(client)
+        if queue is None:
+            queue = self._queues[client] = deque()
+            self.ufc[client] = self.rfc[client] = 0.0
+            self._order[client] = len(self._order)
+        queue.append(req)
+        self._waiting += 1
+        if len(queue) == 1:
+            self._lift(client)
+            self._backlogged[client] = None
+        return True
+
+    def _lift(self, client: str) -> None:
+        others = self._backlogged
+        for counter in (self.ufc, self.rfc):
+            if others:
+                floor = min(counter[c] for c in others)
+            elif self._last_left is not None and self._last_left != client:
+                floor = counter[self._last_left]
+            else:
+                continue
+            if floor > counter[client]:
+                counter[client] = floor
+
+    def peek(self) -> Request | None:
+        if not self._backlogged:
+            return None
+        scores = self._scores()
+        best = min(scores, key=lambda c: (scores[c], self._order[c]))
+        return self._queues[best][0]
+
+    def select(self, fits) -> Request | None:
+        if not self._backlogged:
+            return None
+        if self.knobs.delta == 0:
+            req = self.peek()
+            return req if fits(req) else None
+        scores = self._scores()
+        ranked = sorted(scores, key=lambda c: (scores[c], self._order[c]))
+        hf = self.hf()
+        floor = hf[ranked[0]]
+        for client in ranked:
+            if hf[client] > floor + self.knobs.delta:
+                break
+            req = self._queues[client][0]
+            if fits(req):
+                return req
+        return None
+
+    def admit(self, req: Request, now: float, resumed: bool) -> None:
+        client = req.client
+        queue = self._queues[client]
+        if queue[0] is req:
+            queue.popleft()
+        else:
+            queue.remove(req)
+        self._waiting -= 1
+        if not resumed:
+            self._charge_admission(req, now)
+        if not queue:
+            del self._backlogged[client]
+            self._last_left = client
+
+    def requeue(self, req: Request) -> None:
+        queue = self._queues[req.client]
+        queue.appendleft(req)
+        self._waiting += 1
+        if len(queue) == 1:
+            self._backlogged[req.client] = None
+
+    # -- charges -----------------------------------------------------------------------
+    def _g(self, latency: float, slo: float) -> float:
+        return 1.0 / (1.0 + self.knobs.gamma * max(0.0, latency / slo - 1.0))
+
+    def _user_charge(self, req: Request, output: float, ttft: float, tpot: float) -> float:
+        """UFC for ``req``: weighted tokens, each part discounted by its latency against the SLO."""
+        k = self.knobs
+        prompt = self.service.w_p * req.prompt_tokens * self._g(ttft, k.ttft_slo_s)
+        return (prompt + self.service.w_q * output * self._g(tpot, k.tpot_slo_s)) / req.weight
+
+    def _predict(self, req: Request) -> tuple[float, float, float]:
+        """(output tokens, prefill seconds, seconds per output token) expected for ``req``."""
+        k = self.knobs
+        prefill_s = req.prompt_tokens * self._sec_per_prefill_token
+        tpot = self._sec_per_step
+        if k.lengths == "oracle":
+            out = float(req.output_tokens)
+        elif k.lengths == "predictor":
+            p = self.predictor.predict_one(req)
+            out = float(p.output_tokens)
+        else:
+            out = self._average.get(req.client, float(req.output_tokens))
+        return out, prefill_s, tpot
+
+    def _charge_admission(self, req: Request, now: float) -> None:
+        out_hat, prefill_s, tpot_hat = self._predict(req)
+        ufc = self._user_charge(req, out_hat, now - req.arrival_s + prefill_s, tpot_hat)
+        rfc_hat = prefill_s + out_hat * tpot_hat / max(1.0, self._batch_size)
+        req.predicted_output = out_hat
+        charge = _Charge(out_hat, tpot_hat, ufc, rfc_hat / req.weight)
+        self._charges[req.request_id] = charge
+        self.ufc[req.client] += charge.ufc
+        self.rfc[req.client] += charge.rfc
+
+    def on_tokens(self, reqs, k: int) -> None:
+        w_q = self.service.w_q
+        for req in reqs:
+            charge = self._charges.get(req.request_id)
+            if charge is None:
+                continue
+            before = max(req.generated - k, charge.out_hat)
+            extra = req.generated - before
+            if extra > 0:
+                amount = w_q * extra * self._g(charge.tpot_hat, self.knobs.tpot_slo_s) / req.weight
+                charge.ufc += amount
+                self.ufc[req.client] += amount
+
+    def on_step(self, now: float, duration_s: float, batch: list) -> None:
+        tokens = sum(n for _, n in batch)
+        if tokens:
+            share = duration_s / tokens
+            for req, n in batch:
+                charge = self._charges.get(req.request_id)
+                if charge is None:
+                    continue
+                charge.rfc_actual += share * n / req.weight
+                if charge.rfc_actual > charge.rfc:
+                    self.rfc[req.client] += charge.rfc_actual - charge.rfc
+                    charge.rfc = charge.rfc_actual
+        self._measure(duration_s, batch)
+        if now >= self._next_log:
+            self._log(now)
+
+    def _measure(self, duration_s: float, batch: list) -> None:
+        prefill = sum(n for req, n in batch if not req.decoding)
+        decodes = len(batch) - sum(1 for req, _ in batch if not req.decoding)
+        if decodes and not prefill:
+            self._sec_per_step += EMA * (duration_s - self._sec_per_step) if self._sec_per_step else duration_s
+            self._batch_size += EMA * (decodes - self._batch_size)
+        elif prefill:
+            per_token = duration_s / prefill
+            prev = self._sec_per_prefill_token
+            self._sec_per_prefill_token = prev + EMA * (per_token - prev) if prev else per_token
+        if self.knobs.adaptive_budget and self._budget is not None:
+            self._adapt_budget(duration_s, prefill + decodes)
+
+    def _adapt_budget(self, duration_s: float, tokens: int) -> None:
+        k = self.knobs
+        utilization = tokens / self._budget
+        if duration_s < k.tpot_slo_s and utilization < k.utilization_target:
+            self._budget = min(k.budget_max, int(self._budget * 1.25) + 1)
+        elif duration_s > k.tpot_slo_s:
+            self._budget = max(k.budget_min, int(self._budget * 0.8))
+
+    def token_budget(self, default: int) -> int:
+        if not self.knobs.adaptive_budget:
+            return default
+        if self._budget is None:
+            self._budget = min(max(default, self.knobs.budget_min), self.knobs.budget_max)
+        return self._budget
+
+    def on_finish(self, req: Request, now: float) -> None:
+        charge = self._charges.pop(req.request_id, None)
+        if charge is None:
+            return
+        ttft = req.first_token_s - req.arrival_s
+        tpot = (now - req.first_token_s) / (req.generated - 1) if req.generated > 1 else charge.tpot_hat
+        actual = self._user_charge(req, req.generated, ttft, tpot)
+        self.ufc[req.client] += actual - charge.ufc
+        self.rfc[req.client] += charge.rfc_actual - charge.rfc
+        old = self._average.get(req.client)
+        self._average[req.client] = req.generated if old is None else (old * (WINDOW - 1) + req.generated) / WINDOW
+        if self.predictor is not None:
+            self.predictor.observe(req)
+
+    # -- logging -----------------------------------------------------------------------
+    def _log(self, now: float) -> None:
+        hf = self.hf()
+        for client in self._order:
+            self.trajectory.append((now, client, self.ufc[client], self.rfc[client], hf.get(client, float("nan"))))
+        self._next_log = now + self.knobs.log_interval_s
+
+    def describe(self) -> dict:
+        return {**super().describe(), **asdict(self.knobs)}

@@ -1,0 +1,143 @@
+"""Equinox: the score, the counters' corrections, adaptive batching, and what the runs show."""
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import LinearCost
+
+from engine.replay import replay
+from engine.request import Request
+from engine.simulator import EngineConfig, Simulator
+from reports import metrics as m
+from reports.audit import audit
+from schedulers import Equinox, EquinoxKnobs, make_policy
+from traces import load_workload, synthesize
+
+VTC_LIKE = EquinoxKnobs(alpha=1, beta=0, gamma=0, delta=0, adaptive_budget=False)
+
+
+def req(i, client, prompt=10, output=10, t=0.0, weight=1.0):
+    return Request(i, client, t, prompt, output, weight)
+
+
+def test_hf_normalises_each_counter_by_its_mean_over_backlogged_clients():
+    p = Equinox(EquinoxKnobs(alpha=0.7, beta=0.3))
+    for i, c in enumerate("abc"):
+        p.on_arrival(req(i, c), 0)
+    p.ufc.update(a=10.0, b=30.0, c=0.0)
+    p.rfc.update(a=3.0, b=1.0, c=2.0)
+    # means over a, b, c: UFC 40/3, RFC 2 -> a: .7*10*3/40 + .3*3/2 = 0.975; b: .7*30*3/40 + .3/2 = 1.725;
+    # c: 0 + .3*2/2 = 0.3
+    assert p.hf() == pytest.approx({"a": 0.975, "b": 1.725, "c": 0.3})
+    assert p.peek().client == "c"
+    p.ufc.update(a=0.0, b=0.0, c=0.0)  # an all-zero counter normalises to 0
+    assert p.hf() == pytest.approx({"a": 0.45, "b": 0.15, "c": 0.3})
+
+
+def test_a_client_served_late_is_admitted_before_one_served_on_time():
+    knobs = EquinoxKnobs(alpha=1, beta=0, gamma=1, ttft_slo_s=1.0, lengths="oracle")
+    for spec in ("equinox", "vtc"):
+        p = Equinox(knobs) if spec == "equinox" else make_policy("vtc")
+        # Same demand, both backlogged throughout: two 100-token prompts each, one output token.
+        reqs = {c: [req(i, c, prompt=100, output=1) for i in (0, 1)] for c in "ab"}
+        for c in "ab":
+            for r in reqs[c]:
+                p.on_arrival(r, 0.0)
+        for c, ttft in (("a", 0.5), ("b", 5.0)):  # b's first token came 5x past the SLO
+            r = reqs[c][0]
+            p.admit(r, 0.0, resumed=False)
+            r.first_token_s, r.generated = ttft, 1
+            p.on_tokens([r], 1)
+            p.on_finish(r, ttft)  # one output token: no TPOT
+        if spec == "equinox":
+            # a: 100 + 2 = 102; b: the prompt discounted by g(5) = 1 / (1 + (5/1 - 1)) = 0.2 -> 20 + 2 = 22
+            assert p.ufc == pytest.approx({"a": 102.0, "b": 22.0})
+            assert p.peek().client == "b"
+        else:
+            assert p.counters == {"a": 102.0, "b": 102.0}
+            assert p.peek().client == "a"  # a tie, broken by arrival order
+
+
+def test_skipping_admits_a_fitting_request_only_within_the_slack():
+    def policy(delta):
+        p = Equinox(EquinoxKnobs(alpha=1, beta=0, delta=delta))
+        for i, (c, prompt) in enumerate([("a", 900), ("b", 10), ("c", 10)]):
+            p.on_arrival(req(i, c, prompt=prompt), 0)
+        p.ufc.update(a=100.0, b=110.0, c=200.0)  # HF: a 0.73, b 0.81, c 1.46 (mean 136.7)
+        return p
+
+    fits = lambda r: r.prompt_tokens < 100  # noqa: E731
+    assert policy(0).select(fits) is None  # VTC's rule: stop at the first that does not fit
+    assert policy(0.1).select(fits).client == "b"  # b is within 0.073 of the minimum
+    assert policy(0.05).select(fits) is None  # b is not; c never is
+    assert policy(1.0).select(fits).client == "b"  # the lowest HF that fits goes first
+
+
+def test_adaptive_budget_grows_under_the_slo_and_shrinks_over_it():
+    p = Equinox(EquinoxKnobs(adaptive_budget=True, budget_min=100, budget_max=1000, tpot_slo_s=0.05))
+    assert p.token_budget(400) == 400
+    r = req(0, "a")
+    r.decoding = True
+    p.on_step(0.0, 0.01, [(r, 1)])  # fast step, 1 of 400 tokens used: grow by 1.25x
+    assert p.token_budget(400) == 501
+    p.on_step(0.1, 0.2, [(r, 1)])  # a step slower than the SLO: shrink by 0.8x
+    assert p.token_budget(400) == 400
+    for t in range(30):
+        p.on_step(1.0 + t, 0.2, [(r, 1)])
+    assert p.token_budget(400) == 100
+
+
+def _table(path):
+    return pq.read_table(path).drop(["scheduler"])
+
+
+def test_reduces_to_vtc_oracle_request_for_request(tmp_path):
+    workload = load_workload("lmsys")
+    (vtc,) = replay(workload, ["vtc-oracle"], tmp_path / "vtc")
+    (eq,) = replay(workload, ["equinox-oracle"], tmp_path / "eq", equinox=VTC_LIKE)
+    a, b = _table(vtc / "requests.parquet"), _table(eq / "requests.parquet")
+    assert a.equals(b)
+    order = lambda t: t.to_pandas().sort_values(["admitted_s", "request_id"]).request_id.tolist()  # noqa: E731
+    assert order(a) == order(b)
+    assert pq.read_table(vtc / "steps.parquet").equals(pq.read_table(eq / "steps.parquet"))
+
+
+@pytest.mark.parametrize("workload", ["overload", "on-off-overload"])
+def test_equinox_keeps_the_service_difference_bounded(tmp_path, workload):
+    (run,) = replay(synthesize(workload), ["equinox"], tmp_path)
+    (summary,) = audit([run]).runs
+    assert summary["fairness"]["pair_service_diff_max"] <= summary["bound"]["value"]
+    # It does not grow with time (FCFS's grows past 10 bounds on overload): at every second of the
+    # overloaded period it stays within a tenth of the bound.
+    req = pd.read_parquet(run / "requests.parquet")
+    grid = np.arange(30.0, 360.0, 1.0)
+    diff = m.accumulated_service_difference(m.service_curves(req, grid), m.backlogged(req, grid)).to_numpy()
+    assert diff.max() <= 0.1 * summary["bound"]["value"]
+    counters = pq.read_table(run / "counters.parquet").to_pandas()
+    assert set(counters.client_id) == {"client-0", "client-1"} and counters.time_s.is_monotonic_increasing
+
+
+def test_stall_free_steps_never_hold_a_decode_behind_a_prefill():
+    # B decodes 30 tokens; A's 2,000-token prompt arrives meanwhile.  Without chunking (vLLM v0's
+    # prefill-first engine) A's whole prefill shares a step with B's decode: that step takes
+    # 0.01 + 2001e-4 = 0.21 s.  Stall-free steps run B's decode first and chunk A into the rest of
+    # a 128-token budget, so no step exceeds 0.01 + 128e-4 s and B decodes in every one of them.
+    from traces.schema import make_table
+
+    table = make_table(["b", "a"], [0.0, 0.05], [4, 2000], [30, 2])
+    cost = LinearCost(base=0.01, per_token=1e-4)
+    runs = {}
+    for mode, cfg in (("classic", dict(chunked_prefill=False)), ("stall-free", dict(max_batch_tokens=128, stall_free=True))):
+        config = EngineConfig(kv_capacity_tokens=100_000, **{"max_batch_tokens": 4096, **cfg})
+        requests, steps = Simulator(config, cost, make_policy("fcfs")).run(table)
+        runs[mode] = requests.to_pandas().set_index("client_id"), steps.to_pandas()
+    b, steps = runs["stall-free"][0].loc["b"], runs["stall-free"][1]
+    while_b = steps[(steps.start_s >= b.first_token_s - 1e-9) & (steps.start_s < b.finish_s - 1e-9)]
+    assert (while_b.decode_requests >= 1).all()
+    assert while_b.duration_s.max() <= 0.01 + 128e-4 + 1e-12
+    tpot = lambda r: (r.finish_s - r.first_token_s) / 29  # noqa: E731
+    assert tpot(b) <= 0.01 + 128e-4 + 1e-12
+    classic_b, classic_steps = runs["classic"][0].loc["b"], runs["classic"][1]
+    assert classic_steps.duration_s.max() == pytest.approx(0.01 + 2001e-4)
+    assert tpot(classic_b) > tpot(b)
