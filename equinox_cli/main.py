@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from equinox_cli import audit_cmd, replay_cmd, traces_cmd
+from equinox_cli import audit_cmd, replay_cmd, sweep_cmd, traces_cmd
 from equinox_cli.common import console
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.command("replay")(replay_cmd.replay)
 app.command("audit")(audit_cmd.audit)
+app.command("sweep")(sweep_cmd.sweep)
 app.add_typer(traces_cmd.app, name="traces")
 
 
