@@ -193,7 +193,7 @@ class Simulator:
         cfg = self.config
         bs = self.bs
         budget = step_budget = self.policy.token_budget(cfg.max_batch_tokens)
-        batch: dict[int, tuple[Request, int]] = {}  # id(request) -> (request, tokens this step)
+        scheduled: list[tuple[Request, int]] = []  # (request, tokens this step)
         preempted = 0
         running = self.running
         # vLLM schedules running requests in admission order; stall-free (Sarathi-Serve) takes
@@ -207,31 +207,29 @@ class Simulator:
                 break
             if req.status != "running":  # preempted earlier in this step
                 continue
-            n = self._chunk(req, budget)
-            if n == 0:
-                continue
-            need = _ceil_div(req.computed + n, bs) - req.blocks
-            while need > self.free:
-                victim = running.pop()
-                undone = batch.pop(id(victim), None)
-                if undone is not None:
-                    budget += undone[1]
-                self._preempt(victim)
-                preempted += 1
-                if victim is req:
-                    break
+            if req.decoding:  # one token; a new block when the computed ones fill theirs
+                n = 1
+                need = 1 if req.computed % bs == 0 else 0
             else:
-                self.free -= need
-                req.blocks += need
-                batch[id(req)] = (req, n)
-                budget -= n
-                continue
-            break
-        scheduled = list(batch.values())
+                n = self._chunk(req, budget)
+                if n == 0:
+                    continue
+                need = _ceil_div(req.computed + n, bs) - req.blocks
+            if need > self.free:
+                budget, victims = self._make_room(req, need, scheduled, budget)
+                preempted += victims
+                if req.status != "running":
+                    break
+            self.free -= need
+            req.blocks += need
+            scheduled.append((req, n))
+            budget -= n
 
         admitted = 0
         if not preempted and (self.step % cfg.admit_every == 0 or not running):
             admitted, budget = self._admit(now, budget, scheduled)
+        if not scheduled:
+            raise RuntimeError(f"engine stalled at t={now:.3f}s: nothing could be scheduled")
 
         # cost of the step
         prefill_tokens = prefill_pairs = decode_tokens = decode_kv = prefill_reqs = 0
@@ -243,8 +241,6 @@ class Simulator:
                 prefill_reqs += 1
                 prefill_tokens += n
                 prefill_pairs += n * (req.computed + (n + 1) / 2)
-        if not scheduled:
-            raise RuntimeError(f"engine stalled at t={now:.3f}s: nothing could be scheduled")
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, len(scheduled)))
         self._last_dt = dt
         self.policy.on_step(now, dt, scheduled)
@@ -254,15 +250,20 @@ class Simulator:
         produced = []
         done = []
         for req, n in scheduled:
-            req.computed += n
-            if req.computed == req.prompt_tokens + req.generated:
+            if req.decoding:
+                req.computed += 1
+                req.generated += 1
+            else:
+                req.computed += n
+                if req.computed < req.prompt_tokens + req.generated:
+                    continue  # a prefill chunk that produced no token
                 req.generated += 1
                 req.decoding = True
-                produced.append(req)
                 if req.first_token_s is None:
                     req.first_token_s = end
-                if req.generated >= req.output_tokens:
-                    done.append(req)
+            produced.append(req)
+            if req.generated >= req.output_tokens:
+                done.append(req)
         if produced:
             self.policy.on_tokens(produced, 1)
         if done:
@@ -280,6 +281,26 @@ class Simulator:
         )  # fmt: skip
         self.step += 1
         return end
+
+    def _make_room(self, req: Request, need: int, scheduled: list, budget: int) -> tuple[int, int]:
+        """Preempt the most recently admitted requests until ``need`` blocks are free.
+
+        Stops when ``req`` itself is the victim.  A victim already scheduled this step (only
+        possible in stall-free order) gives its tokens back.  Returns (budget, victims).
+        """
+        victims = 0
+        while need > self.free:
+            victim = self.running.pop()
+            for i, (r, n) in enumerate(scheduled):
+                if r is victim:
+                    del scheduled[i]
+                    budget += n
+                    break
+            self._preempt(victim)
+            victims += 1
+            if victim is req:
+                break
+        return budget, victims
 
     def _admit(self, now: float, budget: int, scheduled: list) -> tuple[int, int]:
         cfg = self.config

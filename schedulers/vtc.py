@@ -100,8 +100,11 @@ class VTC(Policy):
 
     def on_tokens(self, reqs, k: int) -> None:
         per_client: dict[str, float] = {}  # one heap update per client, not per request
+        flat = type(self).token_charge is VTC.token_charge  # every token costs w_q: skip the call
+        price = self.service.w_q * k
         for req in reqs:
-            per_client[req.client] = per_client.get(req.client, 0.0) + self.token_charge(req, k) / req.weight
+            amount = price if flat else self.token_charge(req, k)
+            per_client[req.client] = per_client.get(req.client, 0.0) + amount / req.weight
         for client, amount in per_client.items():
             self._charge(client, amount)
 
