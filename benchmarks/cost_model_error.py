@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.cost_model import RooflineCostModel, prefill_attn_pairs, roofline  # noqa: E402
-from engine.presets import (CALIBRATION, HARDWARE, MODELS, PRESETS, ROOFLINE_P,  # noqa: E402
-                            TENSOR_PARALLEL, roofline_model)
+from engine.presets import CALIBRATION, HARDWARE, MODELS, PRESETS, ROOFLINE_P, TENSOR_PARALLEL, roofline_model  # noqa: E402
 
 LINEAR_OPS = ["input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
               "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add"]

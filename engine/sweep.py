@@ -136,7 +136,9 @@ def plot_frontier(summary: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     points = ax.scatter(ok["ttft_p99_s"], ok["jain"], c=ok["tokens_per_s"], cmap="viridis", s=40)
     for _, row in ok.iterrows():
-        ax.annotate(row["cell"], (row["ttft_p99_s"], row["jain"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            row["cell"], (row["ttft_p99_s"], row["jain"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+        )
     fig.colorbar(points, ax=ax, label="throughput (tokens/s)")
     ax.set_xlabel("p99 TTFT (s)")
     ax.set_ylabel("Jain's index (backlogged service rate)")

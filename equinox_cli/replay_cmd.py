@@ -120,9 +120,15 @@ def replay(
         raise InputError(str(exc), source="Equinox options") from None
     bundle = None
     if predictors is not None:
+        import warnings
+
         from predictors import load_bundle
 
-        bundle = load_bundle(predictors, preset=preset)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bundle = load_bundle(predictors, preset=preset)
+        for warning in caught:
+            err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
 
     specs = split_list(scheduler)
     for spec in specs:

@@ -15,10 +15,15 @@ def sweep(
     workload: str = typer.Option("overload", "--workload", "-w", help=WORKLOAD_HELP),
     scheduler: str = typer.Option("equinox", "--scheduler", "-s", help="The scheduler whose knobs are swept."),
     grid: List[str] = typer.Option(
-        ["alpha=0,0.5,1", "gamma=0,1"], "--grid", "-g", help="KNOB=V1,V2,... (repeat for more knobs): alpha, beta, "
-        "gamma, delta, ttft_slo_s, tpot_slo_s, budget_min, budget_max, utilization_target."
+        ["alpha=0,0.5,1", "gamma=0,1"],
+        "--grid",
+        "-g",
+        help="KNOB=V1,V2,... (repeat for more knobs): alpha, beta, "
+        "gamma, delta, ttft_slo_s, tpot_slo_s, budget_min, budget_max, utilization_target.",
     ),
-    out: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="One sub-directory per cell, plus summary.csv and frontier.png."),
+    out: Path = typer.Option(
+        Path("runs/sweep"), "--out", "-o", help="One sub-directory per cell, plus summary.csv and frontier.png."
+    ),
     preset: str = typer.Option("vtc-a10g-llama2-7b", help="Engine preset."),
     seed: int = typer.Option(42, help="Seed of the workload and the runs."),
     jobs: int = typer.Option(2, min=1, help="Cells replayed in parallel (local processes)."),

@@ -1,8 +1,9 @@
-"""Audit replay results: load run directories, compute every metric, check thresholds, render.
+"""Audit replay results: load run directories and compute every metric of each run.
 
 ``audit(paths)`` accepts run directories (``requests.parquet``, ``steps.parquet``,
-``run.json``) and replay output directories holding one run directory per
-scheduler.  The metric definitions are in :mod:`reports.metrics`; per run:
+``run.json``, and ``counters.parquet`` where the scheduler writes its fairness
+counters) and replay output directories holding one run directory per scheduler.
+The metric definitions are in :mod:`reports.metrics`; per run:
 
 * fairness metrics skip the artifact's 30-s warm-up and are sampled on a grid of
   at most 5,000 times (every 0.25 s for runs up to about 20 minutes);
@@ -13,24 +14,39 @@ scheduler.  The metric definitions are in :mod:`reports.metrics`; per run:
   ``acc_service_diff_max`` is the accumulated service difference among backlogged
   clients;
 * the windowed difference uses the artifact's 19 window centres over
-  ``[30 s, T]``, T the last arrival of a served request floored to a second.
+  ``[30 s, T]``, T the last arrival of a served request floored to a second;
+* ``starvation`` is the longest wait of a backlogged client without any of its
+  requests being admitted (:func:`reports.metrics.starvation`), over the whole run;
+* ``service`` compares what clients received with what they asked for (rejected
+  requests included).
+
+Besides the JSON-ready summary, each run yields the series the figures draw
+(:mod:`reports.figures`); with a baseline, each summary gets the deltas of
+:mod:`reports.compare`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
-from rich.table import Table
 
-from engine.results import REQUEST_SCHEMA, REQUESTS_FILE, RUN_FILE, STEP_SCHEMA, STEPS_FILE
+from engine.results import (
+    COUNTER_SCHEMA,
+    COUNTERS_FILE,
+    REQUEST_SCHEMA,
+    REQUESTS_FILE,
+    RUN_FILE,
+    STEP_SCHEMA,
+    STEPS_FILE,
+)
+from reports import compare
 from reports import metrics as m
 from traces.errors import InputError
 
@@ -38,6 +54,7 @@ REQUEST_COLUMNS = (
     "client_id",
     "arrival_s",
     "prompt_tokens",
+    "output_tokens",
     "weight",
     "status",
     "admitted_s",
@@ -50,6 +67,9 @@ STEP_COLUMNS = ("duration_s", "busy", "flops")
 RUN_FILES = (REQUESTS_FILE, STEPS_FILE, RUN_FILE)
 GRID_STEP_S = 0.25  # finest grid spacing for the accumulated-service metrics
 GRID_POINTS = 5000  # most grid points per run; the spacing grows for long runs
+PLOT_POINTS = 500  # time points of the figures' service and counter curves
+CDF_POINTS = 201  # quantiles drawn per latency distribution
+BOX_QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)  # whiskers, box and median of the per-client boxes
 
 
 @dataclass(frozen=True)
@@ -61,13 +81,15 @@ class Run:
     requests: pd.DataFrame
     steps: pd.DataFrame
     config: dict
+    counters: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
 class AuditResult:
-    """One JSON-ready summary per run, in the order the runs were given."""
+    """One JSON-ready summary per run, in the order the runs were given, and the figures' series."""
 
     runs: list[dict]
+    series: list[dict] = field(default_factory=list)
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -111,7 +133,9 @@ def _load_run(name: str, path: Path) -> Run:
     if requests.empty:
         raise InputError("expected at least one request", source=str(path / REQUESTS_FILE))
     steps = _read_table(path / STEPS_FILE, STEP_SCHEMA, STEP_COLUMNS)
-    return Run(name=name, path=path, requests=requests, steps=steps, config=config)
+    counters = path / COUNTERS_FILE
+    counters = _read_table(counters, COUNTER_SCHEMA, COUNTER_SCHEMA.names) if counters.exists() else None
+    return Run(name=name, path=path, requests=requests, steps=steps, config=config, counters=counters)
 
 
 def _read_config(path: Path) -> dict:
@@ -162,19 +186,28 @@ def _read_table(path: Path, schema: pa.Schema, columns) -> pd.DataFrame:
 # -- auditing -----------------------------------------------------------------------------
 
 
-def audit(paths) -> AuditResult:
-    """Load and audit every run under ``paths``."""
-    return AuditResult(runs=[audit_run(run) for run in load_runs(paths)])
+def audit(paths, baseline=None) -> AuditResult:
+    """Load and audit every run under ``paths``; with ``baseline`` (a run or replay directory),
+    each summary gets a ``baseline`` entry with its deltas (:func:`reports.compare.against`)."""
+    base = audit([baseline]).runs if baseline is not None else None
+    summaries, series = zip(*(audit_run(run) for run in load_runs(paths)))
+    if base is not None:
+        for summary in summaries:
+            summary["baseline"] = compare.against(summary, base)
+    return AuditResult(runs=list(summaries), series=list(series))
 
 
-def audit_run(run: Run) -> dict:
-    """Every metric of one run, JSON-serialisable, with a per-client breakdown."""
+def audit_run(run: Run) -> tuple[dict, dict]:
+    """Every metric of one run, JSON-serialisable, with a per-client breakdown; and the figures' series."""
     req, config = run.requests, run.config
     engine = config["engine"]
     prices = config.get("service_weights") or {}
     w_p, w_q = float(prices.get("w_p", 1.0)), float(prices.get("w_q", 2.0))
-    fairness, backlogged = _fairness(req, w_p, w_q)
-    latency = m.latency_stats(req)
+    fairness, backlogged, series = _fairness(req, w_p, w_q)
+    lat = m.latencies(req)
+    latency = m.latency_stats(lat)
+    demanded, received = m.demanded_service(req, w_p, w_q), m.total_service(req, w_p, w_q)
+    starving = m.starvation(req)
     summary = {
         "name": run.name,
         "path": str(run.path),
@@ -191,14 +224,21 @@ def audit_run(run: Run) -> dict:
         "throughput": m.throughput(req),
         "utilization": m.utilization(run.steps, engine.get("peak_flops")),
         "latency": latency["overall"],
+        "service": {
+            "demanded": float(demanded.sum()),
+            "received": float(received.sum()),
+            "fraction": _ratio(received.sum(), demanded.sum()),
+        },
+        "starvation": _starvation(starving),
         "fairness": fairness,
         "bound": _bound(req, engine["kv_capacity_tokens"], w_p, w_q, fairness),
-        "clients": _clients(req, w_p, w_q, backlogged, latency["per_client"]),
+        "clients": _clients(req, demanded, received, starving, backlogged, latency["per_client"]),
     }
-    return _jsonable(summary)
+    series |= _plot_series(req, w_p, w_q, lat, run.counters)
+    return _jsonable(summary), series
 
 
-def _grid(req: pd.DataFrame) -> np.ndarray:
+def fairness_grid(req: pd.DataFrame) -> np.ndarray:
     """Evaluation times from the warm-up to the last finish, at most GRID_POINTS of them."""
     start, end = m.WARMUP_S, float(req["finish_s"].max())
     if not end > start:
@@ -213,9 +253,9 @@ def _horizon(req: pd.DataFrame) -> float:
     return float(math.floor(arrivals.max())) if len(arrivals) else 0.0
 
 
-def _fairness(req: pd.DataFrame, w_p: float, w_q: float) -> tuple[dict, pd.DataFrame]:
-    """Fairness metrics, and each client's backlogged seconds, service and rate."""
-    grid = _grid(req)
+def _fairness(req: pd.DataFrame, w_p: float, w_q: float) -> tuple[dict, pd.DataFrame, dict]:
+    """Fairness metrics; each client's backlogged seconds, service and rate; the difference series."""
+    grid = fairness_grid(req)
     curves, backlog = m.service_curves(req, grid, w_p, w_q), m.backlogged(req, grid)
     acc = m.accumulated_service_difference(curves, backlog)
     pair_max, pair = m.pair_service_difference(curves, backlog)
@@ -239,7 +279,43 @@ def _fairness(req: pd.DataFrame, w_p: float, w_q: float) -> tuple[dict, pd.DataF
             "acc_service_diff": acc_at_ticks.to_numpy()[1:],
         },
     }
-    return fairness, per_client
+    series = {"pair_diff": m.pair_service_difference_series(curves, backlog), "acc_diff": acc, "windowed": window}
+    return fairness, per_client, series
+
+
+def _plot_series(req: pd.DataFrame, w_p: float, w_q: float, lat: pd.DataFrame, counters) -> dict:
+    """What the figures draw besides the difference series, at a resolution that does not grow with the run."""
+    grid = np.linspace(0.0, np.nanmax([req["finish_s"].max(), req["arrival_s"].max(), 0.0]), PLOT_POINTS)
+    cdf = lat[list(m.LATENCIES)].quantile(np.linspace(0.0, 1.0, CDF_POINTS))
+    ttft = lat.groupby("client_id", sort=True)["ttft"].quantile(list(BOX_QUANTILES)).unstack()
+    return {
+        "received": m.service_curves(req, grid, w_p, w_q),
+        "demanded": m.demand_curves(req, grid, w_p, w_q),
+        "latency_cdf": cdf,
+        "ttft_by_client": ttft,
+        "counters": None if counters is None else _thin(counters),
+    }
+
+
+def _thin(counters: pd.DataFrame, points: int = PLOT_POINTS) -> pd.DataFrame:
+    """Each client's last counter row in each of ``points`` equal time bins, in time order."""
+    ordered = counters.sort_values("time_s", kind="stable")
+    t = ordered["time_s"].to_numpy()
+    bins = np.searchsorted(np.linspace(t[0], t[-1], points + 1)[1:-1], t, side="right") if t.size else t
+    return ordered.groupby([ordered["client_id"], bins], sort=False).tail(1).reset_index(drop=True)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def _starvation(per_client: pd.DataFrame) -> dict:
+    """The longest wait of any backlogged client: how long, whose, and when it began and ended."""
+    if per_client.empty or not per_client["starvation_s"].max() > 0:
+        return {"max_s": 0.0, "client": None, "from_s": None, "to_s": None}
+    client = per_client["starvation_s"].idxmax()
+    wait, began = per_client.loc[client, ["starvation_s", "from_s"]]
+    return {"max_s": float(wait), "client": str(client), "from_s": float(began), "to_s": float(began + wait)}
 
 
 def _bound(req: pd.DataFrame, kv_capacity: float, w_p: float, w_q: float, fairness: dict) -> dict:
@@ -256,8 +332,8 @@ def _bound(req: pd.DataFrame, kv_capacity: float, w_p: float, w_q: float, fairne
     }
 
 
-def _clients(req: pd.DataFrame, w_p: float, w_q: float, backlogged: pd.DataFrame, latency: dict) -> dict:
-    """Per client: counts, weight, service (total and while backlogged) and latency stats."""
+def _clients(req, demanded, received, starving, backlogged: pd.DataFrame, latency: dict) -> dict:
+    """Per client: counts, weight, service (demanded, received, while backlogged), starvation, latency stats."""
     table = pd.DataFrame(
         {
             "client_id": req["client_id"],
@@ -274,7 +350,11 @@ def _clients(req: pd.DataFrame, w_p: float, w_q: float, backlogged: pd.DataFrame
         preemptions=("preemptions", "sum"),
         weight=("weight", "mean"),
     )
-    counts["service"] = m.total_service(req, w_p, w_q)
+    counts["demanded"] = demanded
+    counts["service"] = received
+    counts["served_fraction"] = received / demanded.where(demanded > 0)
+    counts["starvation_s"] = starving["starvation_s"]
+    counts["starvation_from_s"] = starving["from_s"]
     counts["backlogged_s"] = backlogged["seconds"]
     counts["backlogged_service"] = backlogged["service"]
     counts["backlogged_rate"] = backlogged["rate"]
@@ -294,140 +374,7 @@ def _jsonable(obj):
     return obj
 
 
-# -- thresholds ---------------------------------------------------------------------------
-
-
-def check_thresholds(
-    result: AuditResult, max_discrepancy: float | None = None, min_jain: float | None = None
-) -> list[str]:
-    """One line per violation, naming the run and the metric.
-
-    ``max_discrepancy`` bounds ``pair_service_diff_max`` (the VTC bound's left side) in multiples
-    of the run's VTC bound (1 = the bound itself); ``min_jain`` bounds ``jain``.  An undefined Jain
-    index (no client was ever backlogged) is not a violation.
-    """
-    lines = []
-    for run in result.runs:
-        fair = run["fairness"]
-        diff, jain, bound = fair["pair_service_diff_max"], fair["jain"], run["bound"]["value"]
-        if max_discrepancy is not None and diff > max_discrepancy * bound:
-            lines.append(
-                f"{run['name']}: pair_service_diff_max {diff:.1f} is {diff / bound:.3g}x the VTC bound "
-                f"{bound:g}, over the allowed {max_discrepancy:g}x"
-            )
-        if min_jain is not None and jain is not None and jain < min_jain:
-            lines.append(f"{run['name']}: jain {jain:.4f} is below {min_jain:g}")
-    return lines
-
-
-# -- rendering ----------------------------------------------------------------------------
-
-SUMMARY_ROWS = (
-    ("throughput (tok/s)", ("throughput", "tokens_per_s"), ",.1f"),
-    ("output (tok/s)", ("throughput", "output_tokens_per_s"), ",.1f"),
-    ("requests/s", ("throughput", "requests_per_s"), ".3f"),
-    ("TTFT p50 (s)", ("latency", "ttft", "p50"), ".3f"),
-    ("TTFT p90 (s)", ("latency", "ttft", "p90"), ".3f"),
-    ("TTFT p99 (s)", ("latency", "ttft", "p99"), ".3f"),
-    ("TPOT p50 (s)", ("latency", "tpot", "p50"), ".4f"),
-    ("TPOT p99 (s)", ("latency", "tpot", "p99"), ".4f"),
-    ("e2e p50 (s)", ("latency", "e2e", "p50"), ".2f"),
-    ("e2e p99 (s)", ("latency", "e2e", "p99"), ".2f"),
-    ("utilization (busy)", ("utilization", "busy_fraction"), ".1%"),
-    ("MFU", ("utilization", "mfu"), ".1%"),
-    ("Jain (backlogged rate)", ("fairness", "jain"), ".4f"),
-    ("max acc. service diff", ("fairness", "acc_service_diff_max"), ",.0f"),
-    ("max pair service diff", ("fairness", "pair_service_diff_max"), ",.0f"),
-    ("VTC bound", ("bound", "value"), ",.0f"),
-    ("bound held?", ("bound", "held"), ""),
-    ("windowed diff max", ("fairness", "windowed_diff", "max"), ",.1f"),
-    ("windowed diff mean", ("fairness", "windowed_diff", "mean"), ",.1f"),
-    ("rejected", ("requests", "rejected"), ","),
-    ("preemptions", ("requests", "preemptions"), ","),
-)
-CLIENT_COLUMNS = (
-    ("requests", ("requests",), ","),
-    ("rejected", ("rejected",), ","),
-    ("service", ("service",), ",.0f"),
-    ("backlogged rate", ("backlogged_rate",), ",.1f"),
-    ("TTFT p50", ("latency", "ttft", "p50"), ".3f"),
-    ("TTFT p99", ("latency", "ttft", "p99"), ".3f"),
-    ("TPOT p50", ("latency", "tpot", "p50"), ".4f"),
-    ("e2e p50", ("latency", "e2e", "p50"), ".2f"),
-    ("e2e p99", ("latency", "e2e", "p99"), ".2f"),
-    ("queue p50", ("latency", "queue", "p50"), ".3f"),
-)
-
-
-def _get(record: dict, keys) -> object:
-    for key in keys:
-        record = record.get(key) if isinstance(record, dict) else None
-    return record
-
-
-def _fmt(value, spec: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return format(value, spec)
-
-
-def _summary_table(result: AuditResult) -> tuple[list[str], list[list[str]]]:
-    """Metrics as rows, one column per run."""
-    header = ["metric"] + [run["name"] for run in result.runs]
-    rows = [[label] + [_fmt(_get(run, keys), spec) for run in result.runs] for label, keys, spec in SUMMARY_ROWS]
-    return header, rows
-
-
-# The terminal gets the columns an operator scans first; Markdown and JSON have them all.
-TERMINAL_CLIENT_COLUMNS = tuple(c for c in CLIENT_COLUMNS if c[0] in ("requests", "rejected", "service", "TTFT p50", "TTFT p99", "e2e p99"))
-
-
-def _client_table(result: AuditResult, columns=CLIENT_COLUMNS) -> tuple[list[str], list[list[str]]]:
-    """One row per (run, client)."""
-    header = ["run", "client"] + [label for label, _, _ in columns]
-    rows = [
-        [run["name"], client] + [_fmt(_get(info, keys), spec) for _, keys, spec in columns]
-        for run in result.runs
-        for client, info in run["clients"].items()
-    ]
-    return header, rows
-
-
-def to_json(result: AuditResult) -> str:
-    """The full audit as indented JSON."""
-    return json.dumps({"runs": result.runs}, indent=2, allow_nan=False)
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def _markdown(header: list[str], rows: list[list[str]], left: int) -> str:
-    """A Markdown table, the first ``left`` columns left-aligned and the rest right-aligned."""
-    rule = "|" + "|".join(["---"] * left + ["---:"] * (len(header) - left)) + "|"
-    lines = ["| " + " | ".join(map(_cell, header)) + " |", rule]
-    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def to_markdown(result: AuditResult) -> str:
-    """A side-by-side table of the runs, then a per-client table."""
-    parts = ["## Schedulers", "", _markdown(*_summary_table(result), left=1), "", "## Per client", ""]
-    parts += [_markdown(*_client_table(result), left=2), ""]
-    return "\n".join(parts)
-
-
-def render_rich(result: AuditResult, console: Console) -> None:
-    """Print the two tables of :func:`to_markdown` as rich tables."""
-    for title, (header, rows), left in (
-        ("Schedulers", _summary_table(result), 1),
-        ("Per client", _client_table(result, TERMINAL_CLIENT_COLUMNS), 2),
-    ):
-        table = Table(title=title)
-        for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i < left else "right", no_wrap=i < left)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+def to_json(result: AuditResult, checks=()) -> str:
+    """The full audit as indented JSON: every run's summary and the policy checks."""
+    report = _jsonable({"runs": result.runs, "checks": [asdict(c) for c in checks]})
+    return json.dumps(report, indent=2, allow_nan=False)

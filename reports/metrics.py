@@ -152,6 +152,42 @@ def pair_service_difference(curves: pd.DataFrame, backlog: pd.DataFrame) -> tupl
     return best, pair
 
 
+def _running_range(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per element: ``max - min`` of ``values`` over its run of consecutive True in ``mask`` so far,
+    row by row (-inf where ``mask`` is False).
+
+    A segmented running maximum: run k is lifted by ``k * span`` above every earlier run, so one
+    ``np.maximum.accumulate`` over the flattened array never carries a value from run to run.
+    """
+    keep = mask.ravel()
+    if not keep.any():
+        return np.full(mask.shape, -np.inf)
+    before = np.zeros_like(mask)
+    before[:, 1:] = mask[:, :-1]
+    v = values.ravel()
+    low, high = v[keep].min(), v[keep].max()
+    span = high - low + 1.0
+    shift = np.cumsum((mask & ~before).ravel()) * span
+    top = np.maximum.accumulate(np.where(keep, v - low + shift, -np.inf)) - shift  # running max - low
+    bottom = np.maximum.accumulate(np.where(keep, high - v + shift, -np.inf)) - shift  # high - running min
+    return np.where(keep, top + bottom - (high - low), -np.inf).reshape(mask.shape)
+
+
+def pair_service_difference_series(curves: pd.DataFrame, backlog: pd.DataFrame) -> pd.Series:
+    """At each grid time t: the largest ``|W_f - W_g|`` over pairs backlogged together at t, with W
+    over ``[t1, t2]`` inside their common backlogged run up to t (0 when no two clients are).
+
+    The running form of :func:`pair_service_difference`: its maximum over time is that value.
+    """
+    ever = backlog.to_numpy().any(axis=0)
+    a = curves.to_numpy()[:, ever].T
+    b = backlog.to_numpy()[:, ever].T
+    out = np.zeros(len(curves))
+    for f in range(len(a) - 1):
+        out = np.maximum(out, _running_range(a[f] - a[f + 1 :], b[f] & b[f + 1 :]).max(axis=0))
+    return pd.Series(out, index=curves.index)
+
+
 # -- windowed rates (the VTC revision tables) -------------------------------------------
 
 

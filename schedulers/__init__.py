@@ -22,7 +22,7 @@ POLICIES = {
     "fcfs": (FCFS, "first come, first served"),
     "vtc": (VTC, "Virtual Token Counter (weighted, with lift)"),
     "lcf": (LCF, "least counter first: VTC without the lift"),
-    "vtc-predict": (VTCPredict, "VTC charging predicted output lengths (per-client moving average)"),
+    "vtc-predict": (VTCPredict, "VTC charging predicted output lengths (moving average, or MoPE with --predictors)"),
     "vtc-oracle": (VTCOracle, "VTC with oracle lengths, noise p: vtc-oracle:P (default 0)"),
     "rpm": (RPM, "per-client limit of N requests per minute, FCFS: rpm:N (default 5)"),
     "equinox": (Equinox, "Equinox: user + resource counters, Holistic Fairness (lengths: MoPE or moving average)"),
@@ -74,6 +74,8 @@ def make_policy(
         return RPM(limit=int(param) if param is not None else 5, service=service)
     if name == "vtc-oracle":
         return VTCOracle(p=param or 0.0, seed=seed, service=service)
+    if name == "vtc-predict":
+        return VTCPredict(predictor=predictor, service=service)
     return cls(service=service)
 
 

@@ -8,6 +8,8 @@ when positive.
   request uses its actual length; the VTC artifact charges 0 for it.  We follow
   ALGORITHMS.md: a client with no finished request yet is charged its request's
   actual length, and its average starts at the first finished request's length.
+  Given a ``predictor`` (a ``predictors.Session``), ``pred`` is its predicted output
+  length instead, and every finished request is passed to its ``observe``.
 * ``VTCOracle(p)``: ``pred ~ Uniform(actual * (1 - p), actual * (1 + p))``, seeded;
   p = 0 is a perfect oracle.
 """
@@ -41,20 +43,28 @@ class _PredictedVTC(VTC):
 class VTCPredict(_PredictedVTC):
     name = "vtc-predict"
 
-    def __init__(self, **kwargs):
+    def __init__(self, predictor=None, **kwargs):
         super().__init__(**kwargs)
+        self.predictor = predictor
         self.average: dict[str, float] = {}
 
     def predict(self, req: Request) -> float:
+        if self.predictor is not None:
+            return self.predictor.predict_one(req).output_tokens
         return self.average.get(req.client, float(req.output_tokens))
 
     def on_finish(self, req: Request, now: float) -> None:
         super().on_finish(req, now)
+        if self.predictor is not None:
+            self.predictor.observe(req)
+            return
         old = self.average.get(req.client)
         actual = float(req.generated)
         self.average[req.client] = actual if old is None else (old * (WINDOW - 1) + actual) / WINDOW
 
     def describe(self) -> dict:
+        if self.predictor is not None:
+            return {**super().describe(), "predictor": self.predictor.describe()}
         return {**super().describe(), "predictor": "moving-average", "window": WINDOW}
 
 

@@ -9,10 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.cost_model import (RooflineCostModel, VTCProfileCostModel, prefill_attn_pairs,
-                               vtc_kv_coefficient_ms)
-from engine.presets import (A100_80GB, DEFAULT_PRESET, LLAMA2_7B, LLAMA2_13B, LLAMA2_70B, PRESETS,
-                            get_preset, kv_capacity_tokens)
+from engine.cost_model import RooflineCostModel, VTCProfileCostModel, prefill_attn_pairs, vtc_kv_coefficient_ms
+from engine.presets import (
+    A100_80GB,
+    DEFAULT_PRESET,
+    LLAMA2_7B,
+    LLAMA2_13B,
+    LLAMA2_70B,
+    PRESETS,
+    get_preset,
+    kv_capacity_tokens,
+)
 from traces.errors import InputError
 
 DATA = Path(__file__).parent / "data"

@@ -128,7 +128,10 @@ def test_stall_free_steps_never_hold_a_decode_behind_a_prefill():
     table = make_table(["b", "a"], [0.0, 0.05], [4, 2000], [30, 2])
     cost = LinearCost(base=0.01, per_token=1e-4)
     runs = {}
-    for mode, cfg in (("classic", dict(chunked_prefill=False)), ("stall-free", dict(max_batch_tokens=128, stall_free=True))):
+    for mode, cfg in (
+        ("classic", dict(chunked_prefill=False)),
+        ("stall-free", dict(max_batch_tokens=128, stall_free=True)),
+    ):
         config = EngineConfig(kv_capacity_tokens=100_000, **{"max_batch_tokens": 4096, **cfg})
         requests, steps = Simulator(config, cost, make_policy("fcfs")).run(table)
         runs[mode] = requests.to_pandas().set_index("client_id"), steps.to_pandas()

@@ -1,4 +1,7 @@
-"""Loading run directories, the audit summary, thresholds and renderers."""
+"""Loading run directories, the audit summary, baselines, counters and the text renderers.
+
+The hand-built run here (``write_run``) is shared by the other report tests.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA, atomic_write_json, atomic_write_parquet
-from reports.audit import audit, audit_run, check_thresholds, load_runs, render_rich, to_json, to_markdown
+from engine.results import COUNTER_SCHEMA, REQUEST_SCHEMA, STEP_SCHEMA, atomic_write_json, atomic_write_parquet
+from reports.audit import audit, audit_run, load_runs, to_json
+from reports.markdown import to_markdown
+from reports.tables import render_rich
 from traces.errors import InputError
 
 # The metrics tests' two-client case, shifted past the 30-s warm-up:
@@ -52,18 +57,27 @@ def requests_table(rows=ROWS, scheduler="vtc") -> pa.Table:
     return pa.Table.from_pydict(cols, schema=REQUEST_SCHEMA)
 
 
-def steps_table() -> pa.Table:
-    # busy 15 s of 20 s
+def steps_table(busy_s: float = 15.0) -> pa.Table:
+    # busy 15 s of 20 s by default
     frame = pd.DataFrame(
         {name: [0, 0] for name in STEP_SCHEMA.names}
-        | {"start_s": [30.0, 45.0], "duration_s": [15.0, 5.0], "busy": [True, False], "flops": [3e12, 0.0]}
+        | {"start_s": [30.0, 30 + busy_s], "duration_s": [busy_s, 20 - busy_s], "busy": [True, False]}
+        | {"flops": [3e12, 0.0]}
     )
     return pa.Table.from_pandas(frame, schema=STEP_SCHEMA, preserve_index=False)
 
 
-def write_run(path, scheduler="vtc", kv_capacity=100, **config):
+def counters_table() -> pa.Table:
+    # a's counters rise over [30, 40]; b's hf is unknown (not backlogged) at 30
+    rows = [(30.0, "a", 0, 0, 1.0), (30.0, "b", 0, 0, None), (35.0, "a", 10, 1, 1.2), (40.0, "a", 20, 2, 0.8)]
+    return pa.Table.from_pylist([dict(zip(COUNTER_SCHEMA.names, r)) for r in rows], schema=COUNTER_SCHEMA)
+
+
+def write_run(path, scheduler="vtc", kv_capacity=100, busy_s=15.0, counters=False, **config):
     atomic_write_parquet(requests_table(scheduler=scheduler), path / "requests.parquet")
-    atomic_write_parquet(steps_table(), path / "steps.parquet")
+    atomic_write_parquet(steps_table(busy_s), path / "steps.parquet")
+    if counters:
+        atomic_write_parquet(counters_table(), path / "counters.parquet")
     engine = {"kv_capacity_tokens": kv_capacity, "max_batch_tokens": 64, "block_size": 16, "preset": "test"}
     run = {"scheduler": scheduler, "workload": "hand", "seed": 42, "engine": engine}
     atomic_write_json(run | {"service_weights": {"w_p": 1, "w_q": 2}} | config, path / "run.json")
@@ -144,7 +158,7 @@ def test_run_json_needs_the_kv_capacity(tmp_path):
 
 
 def test_audit_run_summary(replay):
-    summary = audit_run(load_runs([replay / "vtc"])[0])
+    summary, series = audit_run(load_runs([replay / "vtc"])[0])
     json.dumps(summary, allow_nan=False)  # plain JSON
     assert summary["requests"] == {"total": 4, "finished": 4, "rejected": 0, "preemptions": 1}
     # makespan 50 - 30 = 20; tokens (26 prompt + 22 output) / 20
@@ -166,6 +180,21 @@ def test_audit_run_summary(replay):
     assert summary["bound"]["value"] == 400 and summary["bound"]["held"] is True
     assert summary["clients"]["a"]["backlogged_rate"] == pytest.approx(2)
     assert summary["clients"]["b"]["latency"]["ttft"]["p50"] == pytest.approx(2.5)  # ttft 2 and 3
+    # demanded = received: a 20 + 20, b 20 + 10 (everything finished)
+    assert summary["service"] == {"demanded": 70, "received": 70, "fraction": 1}
+    assert (summary["clients"]["a"]["demanded"], summary["clients"]["b"]["served_fraction"]) == (40, 1)
+    # a's second request waits over [31, 40); b's longest wait is [33, 36)
+    assert summary["starvation"] == {"max_s": 9, "client": "a", "from_s": 31, "to_s": 40}
+    assert summary["clients"]["b"]["starvation_s"] == 3 and summary["clients"]["b"]["starvation_from_s"] == 33
+    # the figures' series: the running pair difference peaks at the summary's value
+    assert series["pair_diff"].max() == pytest.approx(8.25)
+    assert series["acc_diff"].max() == pytest.approx(7.25)
+    assert list(series["received"].columns) == ["a", "b"] and series["received"]["a"].iloc[-1] == pytest.approx(40)
+    assert series["demanded"]["b"].iloc[-1] == pytest.approx(30)
+    # b's TTFTs 2 and 3: p1 = 2.01, median 2.5, p99 = 2.99
+    assert series["ttft_by_client"].loc["b"].tolist() == pytest.approx([2.01, 2.25, 2.5, 2.75, 2.99])
+    assert series["latency_cdf"]["ttft"].iloc[[0, -1]].tolist() == [0, 9]  # ttft 0, 9 (a), 2, 3 (b)
+    assert series["counters"] is None
 
 
 def test_audit_reports_mfu_and_a_broken_bound(tmp_path):
@@ -182,18 +211,38 @@ def test_audit_reports_mfu_and_a_broken_bound(tmp_path):
     assert summary["bound"]["value"] == 4 and summary["bound"]["held"] is False
 
 
-def test_check_thresholds_names_run_and_metric(replay):
-    result = audit([replay])
-    assert check_thresholds(result) == []
-    # 8.25 against the bound 400 is 0.0206 bounds
-    assert check_thresholds(result, max_discrepancy=0.021, min_jain=0.9) == []
-    lines = check_thresholds(result, max_discrepancy=0.02, min_jain=0.99)
-    assert lines == [
-        "fcfs: pair_service_diff_max 8.2 is 0.0206x the VTC bound 400, over the allowed 0.02x",
-        "fcfs: jain 0.9615 is below 0.99",
-        "vtc: pair_service_diff_max 8.2 is 0.0206x the VTC bound 400, over the allowed 0.02x",
-        "vtc: jain 0.9615 is below 0.99",
-    ]
+def test_counters_are_loaded_and_thinned(tmp_path):
+    run = write_run(tmp_path / "equinox", scheduler="equinox", counters=True)
+    assert len(load_runs([run])[0].counters) == 4
+    counters = audit([run]).series[0]["counters"]
+    assert counters["client_id"].tolist() == ["a", "b", "a", "a"]  # one row per client per time bin, in time order
+    assert counters["ufc"].tolist() == [0, 0, 10, 20] and pd.isna(counters["hf"].iloc[1])
+
+
+def test_bad_counters_file(tmp_path):
+    run = write_run(tmp_path / "equinox", counters=True)
+    atomic_write_parquet(counters_table().drop_columns(["hf"]), run / "counters.parquet")
+    with pytest.raises(InputError, match="counters.parquet: missing column 'hf'"):
+        load_runs([run])
+
+
+def test_baseline_deltas_match_runs_by_directory_name(tmp_path):
+    for name in ("fcfs", "vtc"):
+        write_run(tmp_path / "base" / name, scheduler=name)
+    for name in ("fcfs", "vtc", "equinox"):
+        write_run(tmp_path / "new" / name, scheduler=name, busy_s=10.0)  # busy 10 s of 20 instead of 15
+    runs = audit([tmp_path / "new"], baseline=tmp_path / "base").runs
+    equinox, fcfs = runs[0]["baseline"], runs[1]["baseline"]
+    assert equinox["name"] is None and "no baseline run named 'equinox' (baseline has fcfs, vtc)" in equinox["reason"]
+    assert fcfs["name"] == "fcfs" and fcfs["path"] == str((tmp_path / "base" / "fcfs").resolve())
+    # utilization 0.75 -> 0.5: -33.3%, a regression of 33.3% (higher is better)
+    util = fcfs["metrics"]["utilization"]
+    assert (util["baseline"], util["value"]) == (0.75, 0.5)
+    assert (util["change_pct"], util["regression_pct"]) == pytest.approx((-100 / 3, 100 / 3))
+    assert fcfs["metrics"]["ttft_p99"]["change_pct"] == 0
+    # a single baseline run is every run's baseline
+    single = audit([tmp_path / "new"], baseline=tmp_path / "base" / "vtc").runs
+    assert [r["baseline"]["name"] for r in single] == ["vtc"] * 3
 
 
 def test_renderers(replay):
@@ -203,7 +252,9 @@ def test_renderers(replay):
     assert "| metric | fcfs | vtc |" in md
     for label in ("throughput (tok/s)", "TTFT p99 (s)", "Jain (backlogged rate)", "VTC bound", "bound held?"):
         assert f"| {label} |" in md
+    assert "| starvation (s) | 9.00 | 9.00 |" in md and "| service received/demanded | 100.0% | 100.0% |" in md
     assert "| fcfs | a |" in md and "| vtc | b |" in md
+    assert "## Against the baseline" not in md and "## Checks" not in md and "![" not in md
     console = Console(record=True, width=240)
     render_rich(result, console)
     text = console.export_text()

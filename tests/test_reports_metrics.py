@@ -274,3 +274,68 @@ def test_vtc_bound():
     assert m.vtc_bound(30_000, 10_000) == 60_000
     assert m.vtc_bound(512, 10_000, min_weight=2.0) == 20_000
     assert m.vtc_bound(512, 10_000, w_p=1, w_q=1) == 20_000
+
+
+def test_pair_service_difference_series_runs_up_to_the_value():
+    series = m.pair_service_difference_series(m.service_curves(CASE, GRID), m.backlogged(CASE, GRID))
+    # common backlogged runs {1} and {3, 4, 5}; A_a - A_b = 1, -2, -5 at 3, 4, 5 -> running range 0, 3, 6
+    expected = [0.0] * len(GRID)
+    expected[4:6] = [3, 6]
+    assert series.tolist() == pytest.approx(expected)
+    assert series.max() == m.pair_service_difference(m.service_curves(CASE, GRID), m.backlogged(CASE, GRID))[0]
+
+
+def test_pair_service_difference_series_restarts_with_each_backlogged_run():
+    # a serves 10/s and b 5/s over [0, 10]; a waits throughout, b over [0, 3) and [5, 8)
+    run = requests(
+        req("a", 0, 0, 0, 10, 0, 50),  # 100 over [0, 10]: 10/s
+        req("a", 0, 10, 10, 11, 0, 1),  # waits over [0, 10)
+        req("b", 0, 0, 0, 10, 0, 25),  # 50 over [0, 10]: 5/s
+        req("b", 0, 3, 10, 11, 0, 1),  # waits over [0, 3)
+        req("b", 5, 8, 10, 11, 0, 1),  # waits over [5, 8)
+    )
+    series = m.pair_service_difference_series(m.service_curves(run, GRID), m.backlogged(run, GRID))
+    # A_a - A_b = 5t; runs {0, 1, 2} and {5, 6, 7}: ranges 0, 5, 10 then 0, 5, 10 again
+    assert series.tolist()[:9] == pytest.approx([0, 5, 10, 0, 0, 0, 5, 10, 0])
+
+
+def test_requested_and_demanded_service_count_rejected_requests():
+    run = requests(
+        req("a", 0, 0, 1, 2, 10, 5, output_tokens=5),  # 10 + 2*5 = 20
+        req("a", 3, np.nan, np.nan, np.nan, 4, 0, output_tokens=8, status="rejected"),  # 4 + 2*8 = 20, never served
+        req("b", 1, 1, 2, 3, 6, 2, output_tokens=2, weight=2.0),  # (6 + 2*2) / 2 = 5
+    )
+    assert m.requested_service(run).tolist() == [20, 20, 5]
+    assert m.demanded_service(run).tolist() == [40, 5]
+    assert m.total_service(run).tolist() == [20, 5]
+    # demand counts at arrival: a has 20 at 0 and 20 more at 3; b 5 at 1
+    assert m.demand_curves(run, [0, 1, 2, 3]).to_numpy().tolist() == [[20, 0], [20, 5], [20, 5], [40, 5]]
+
+
+def test_starvation_of_one_request_at_a_time_is_its_queueing_delay():
+    # a's second request waits over [1, 10); b's over [0, 2) and [3, 6)
+    assert m.starvation(CASE).to_numpy().tolist() == [[9, 1], [3, 3]]
+
+
+def test_starvation_restarts_at_each_admission_of_the_client():
+    # c: three requests arrive at 0, admitted at 2, 5 and 6 (queueing delays 2, 5, 6): backlogged over
+    # [0, 6) with progress at 2 and 5 -> waits 2, 3, 1 -> 3 from 2.  d is admitted on arrival (0 from 1);
+    # e's only request is rejected (never waits: 0, no start); c's rejected request changes nothing.
+    run = requests(
+        req("c", 0, 2, 3, 4, 1, 1),
+        req("c", 0, 5, 6, 7, 1, 1),
+        req("c", 0, 6, 7, 8, 1, 1),
+        req("c", 4, np.nan, np.nan, np.nan, 1, 0, status="rejected"),
+        req("d", 1, 1, 2, 3, 1, 1),
+        req("e", 1, np.nan, np.nan, np.nan, 1, 0, status="rejected"),
+    )
+    out = m.starvation(run)
+    assert out["starvation_s"].tolist() == [3, 0, 0]
+    assert out["from_s"].tolist()[:2] == [2, 1] and math.isnan(out["from_s"].iloc[2])
+    assert m.latencies(run)["queue"].max() == 6
+
+
+def test_starvation_waits_across_overlapping_requests():
+    # f: arrivals at 0 and 1, admissions at 4 and 9: backlogged over [0, 9) with progress at 4 -> 5 from 4
+    run = requests(req("f", 0, 4, 5, 6, 1, 1), req("f", 1, 9, 10, 11, 1, 1))
+    assert m.starvation(run).to_numpy().tolist() == [[5, 4]]

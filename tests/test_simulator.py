@@ -25,7 +25,12 @@ def test_single_request_timeline():
     # step 0 prefills 32 tokens and samples token 1 at t=0.1; steps 1, 2 decode tokens 2, 3.
     req, steps = one(32, 3)
     r = req.iloc[0]
-    assert (r.status, r.admitted_s, r.first_token_s, r.finish_s) == ("finished", 0.0, pytest.approx(0.1), pytest.approx(0.3))
+    assert (r.status, r.admitted_s, r.first_token_s, r.finish_s) == (
+        "finished",
+        0.0,
+        pytest.approx(0.1),
+        pytest.approx(0.3),
+    )
     assert r.generated_tokens == 3
     assert steps.prefill_tokens.tolist() == [32, 0, 0]
     assert steps.decode_tokens.tolist() == [0, 1, 1]

@@ -1,0 +1,326 @@
+"""MoPE predictors: training, determinism, the router, the bundle, inference and VTC-predict.
+
+One constructed workload is replayed once and trained on once per module: three prompt-length
+bands in which the word "list" means a long reply for short prompts, a short reply for long
+prompts and nothing in between, so that experts (one per band) have a real advantage.
+"""
+
+import hashlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import predictors
+from engine.replay import engine_config, replay
+from engine.request import Request
+from engine.simulator import Simulator
+from predictors.bundle import MANIFEST, MODELS, npz_bytes, save_bundle
+from predictors.training import load_logs, predict_requests, split
+from schedulers.vtc_predict import VTCPredict
+from traces.errors import InputError
+from traces.schema import make_table
+
+PRESET = "a100-llama2-7b"
+
+
+def experts_workload(n=600, rate=20.0, seed=0):
+    rng = np.random.default_rng(seed)
+    band = rng.integers(0, 3, n)
+    prompt = np.choose(band, [rng.integers(10, 40, n), rng.integers(100, 200, n), rng.integers(300, 600, n)])
+    listed = rng.random(n) < 0.5
+    vocab = np.array([f"w{i}" for i in range(40)])
+    texts = [" ".join(rng.choice(vocab, 6)) + (" list" if x else "") for x in listed]
+    long_reply = np.where(band == 0, listed, ~listed)
+    output = np.where(band == 1, 100, np.where(long_reply, 300, 30)) * rng.uniform(0.9, 1.1, n)
+    clients = rng.choice(["a", "b", "c", "d"], n)
+    return make_table(clients, np.cumsum(rng.exponential(1 / rate, n)), prompt, output.astype(int), prompt=texts)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    (run_dir,) = replay(experts_workload(), ["vtc"], tmp_path_factory.mktemp("runs"), preset=PRESET)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "mope"
+    return predictors.train([run], out, holdout=0.2, seed=42)
+
+
+def logged_requests(run_dir):
+    """The run's requests as Request objects, with the engine state and outcome they had."""
+    reqs = []
+    for r in pd.read_parquet(run_dir / "requests.parquet").itertuples():
+        req = Request(r.request_id, r.client_id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.weight, r.prompt)
+        req.arrival_state = (
+            r.waiting_at_arrival,
+            r.waiting_tokens_at_arrival,
+            r.running_at_arrival,
+            r.kv_used_at_arrival,
+        )
+        req.generated, req.finish_s = r.generated_tokens, r.finish_s
+        reqs.append(req)
+    return reqs
+
+
+def session_predictions(session, reqs):
+    """Predict each request at its arrival, after observing every request finished by then."""
+    done = sorted(reqs, key=lambda r: r.finish_s)
+    seen, out = 0, []
+    for req in reqs:
+        while seen < len(done) and done[seen].finish_s <= req.arrival_s:
+            session.observe(done[seen])
+            seen += 1
+        out.append(session.predict_one(req))
+    return np.array(out)
+
+
+# -- training and accuracy -------------------------------------------------------------------
+
+
+def test_report_has_every_target_and_model(trained):
+    assert set(trained.metrics) == {*predictors.REQUEST_TARGETS, *predictors.STEP_TARGETS, "tokens_per_s"}
+    for by_model in trained.metrics.values():
+        assert list(by_model) == list(predictors.MODELS)
+        for m in by_model.values():
+            assert m["n"] > 0 and 0 <= m["p50"] <= m["p90"] <= m["p99"]
+    assert trained.rows["holdout_requests"] > 50
+
+
+def test_experts_beat_the_single_model_and_the_moving_average_where_they_have_an_advantage(trained):
+    mae = {model: m["mae"] for model, m in trained.metrics["output_tokens"].items()}
+    assert mae["mope"] < 0.5 * mae["single"] < 0.5 * mae["moving-average"]
+
+
+def test_two_trainings_give_identical_bundles_and_predictions(run, trained, tmp_path):
+    again = predictors.train([run], tmp_path / "again", holdout=0.2, seed=42)
+    for name in (MANIFEST, MODELS):
+        assert (tmp_path / "again" / name).read_bytes() == (trained.bundle / name).read_bytes()
+    reqs = logged_requests(run)[:50]
+    first = predictors.load_bundle(trained.bundle).session().predict(reqs)
+    second = predictors.load_bundle(again.bundle).session().predict(reqs)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_split_keeps_a_conversation_on_one_side(tmp_path):
+    # Turns of a conversation share a conversation_id; a request replayed under two schedulers
+    # is the same request.  Each must fall on one side of the split.
+    table = experts_workload(n=300)
+    conversation = [f"c{i // 3}" if i % 2 else None for i in range(table.num_rows)]
+    table = table.set_column(
+        table.schema.get_field_index("conversation_id"), "conversation_id", pa.array(conversation, type=pa.string())
+    )
+    logs = load_logs(replay(table, ["vtc", "fcfs"], tmp_path / "runs", preset=PRESET))
+    held, _ = split(logs, 0.3, np.random.default_rng(42))
+    sides = pd.Series(held).groupby(logs.requests["group"].to_numpy()).nunique()
+    assert sides.eq(1).all() and logs.requests.groupby("group")["run"].nunique().eq(2).all()
+    assert logs.requests["group"].nunique() < table.num_rows and 0.2 < held.mean() < 0.4
+
+
+def test_runs_of_different_presets_are_refused(run, tmp_path):
+    (other,) = replay(experts_workload(n=50), ["vtc"], tmp_path / "a10g", preset="vtc-a10g-llama2-7b")
+    with pytest.raises(InputError, match="several engine presets"):
+        predictors.train([run, other], tmp_path / "b")
+
+
+# -- the router ------------------------------------------------------------------------------
+
+
+def test_router_sends_each_request_to_exactly_one_expert_by_the_thresholds(trained):
+    bundle = predictors.load_bundle(trained.bundle)
+    router = bundle.manifest["router"]["request"]
+    low, high = router["thresholds"]
+    rows = router["training_rows"]  # the thresholds are terciles: a third of the training requests each
+    assert sum(rows) == trained.rows["train_requests"] and max(rows) - min(rows) <= 0.05 * sum(rows)
+    assert low < high and all(router["own_model"])
+    prompts = [1, int(low), int(low) + 1, int(high), int(high) + 1, 10_000]
+    reqs = [Request(i, "a", 0.0, p, 1) for i, p in enumerate(prompts)]
+    _, experts = bundle.session().features(reqs)
+    assert experts.tolist() == [0, 0, 1, 1, 2, 2]
+    assert bundle.session("single").features(reqs)[1].tolist() == [0] * 6
+    step = bundle.manifest["router"]["step"]["thresholds"]
+    assert step[0] == 0 and step[1] > 0
+
+
+# -- the bundle and inference ----------------------------------------------------------------
+
+
+def test_bundle_round_trip_and_requests_predict_as_logs_do(run, trained, tmp_path):
+    bundle = predictors.load_bundle(trained.bundle, preset=PRESET)
+    manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
+    save_bundle(tmp_path / "copy", manifest, bundle.arrays)
+    for name in (MANIFEST, MODELS):
+        assert (tmp_path / "copy" / name).read_bytes() == (trained.bundle / name).read_bytes()
+    logs = load_logs([run])
+    for model in ("mope", "single"):
+        from_requests = session_predictions(bundle.session(model), logged_requests(run))
+        np.testing.assert_array_equal(from_requests, predict_requests(bundle, model, logs.requests))
+
+
+def test_session_batch_single_and_step_paths(run, trained):
+    session = predictors.load_bundle(trained.bundle).session()
+    reqs = logged_requests(run)[:64]
+    batch = session.predict(reqs)
+    assert batch.output_tokens.shape == (64,) and (batch.output_tokens >= 1).all() and (batch.e2e_s >= 0).all()
+    assert tuple(session.predict_one(reqs[3])) == tuple(float(v[3]) for v in batch)
+    steps = session.step([0, 512], [32, 8], [32, 9], [0.2, 0.1])
+    assert steps.step_s.shape == (2,) and (steps.step_s > 0).all()
+    assert steps.tokens_per_s[1] == pytest.approx(520 / steps.step_s[1])
+    assert session.step_time(512, 8, 9, 0.1) == pytest.approx(float(steps.step_s[1]))
+
+
+def test_evaluate_on_another_preset_warns(trained, tmp_path):
+    (other,) = replay(experts_workload(n=100, seed=3), ["vtc"], tmp_path / "a10g", preset="vtc-a10g-llama2-7b")
+    with pytest.warns(UserWarning, match="a100-llama2-7b.*vtc-a10g-llama2-7b"):
+        report = predictors.evaluate(trained.bundle, [other])
+    assert report.rows["requests"] == 100
+    assert report.metrics["output_tokens"]["mope"]["n"] == 100
+
+
+def _forge(change):
+    """Replace models.npz by ``change(arrays)`` (an archive's bytes) and, as a forger would, the checksum."""
+
+    def forge(bundle_dir):
+        arrays = dict(predictors.load_bundle(bundle_dir).arrays)
+        data = change(arrays)
+        (bundle_dir / MODELS).write_bytes(data)
+        manifest = json.loads((bundle_dir / MANIFEST).read_text())
+        manifest["files"] = {MODELS: hashlib.sha256(data).hexdigest()}
+        (bundle_dir / MANIFEST).write_text(json.dumps(manifest))
+
+    return forge
+
+
+def _replaced(name, transform):
+    return _forge(lambda arrays: npz_bytes({**arrays, name: transform(arrays[name])}))
+
+
+def _without(name):
+    return _forge(lambda arrays: npz_bytes({k: v for k, v in arrays.items() if k != name}))
+
+
+def _pickled(arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **{**arrays, "request.mope.init": np.array([{"x": 1}], dtype=object)})
+    return buffer.getvalue()
+
+
+def _edit_manifest(**changes):
+    def edit(d):
+        manifest = json.loads((d / MANIFEST).read_text())
+        manifest.update(changes)
+        (d / MANIFEST).write_text(json.dumps(manifest))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda d: (d / MANIFEST).unlink(), "expected manifest.json"),
+        (lambda d: (d / MANIFEST).write_text("{not json"), "expected a JSON object"),
+        (_edit_manifest(format="some-other-model"), "not a predictor bundle manifest"),
+        (_edit_manifest(format_version=2), "format version 2; this Equinox reads version 1"),
+        (_edit_manifest(features={"request": ["prompt_tokens"], "step": []}), "features.request must be"),
+        (_edit_manifest(model={"trees": 0, "depth": 3}), "model.trees must be a whole number"),
+        (lambda d: (d / MODELS).unlink(), "missing file models.npz"),
+        (lambda d: (d / MODELS).write_bytes((d / MODELS).read_bytes()[:-10]), "does not match the checksum"),
+        (
+            _replaced("step.single.value", lambda a: a[..., :4]),
+            r"array step.single.value is float64\[1, 2, 50, 4\], expected float64\[1, 2, 50, 8\]",
+        ),
+        (_replaced("request.mope.feature", lambda a: a + 99), "names features outside 0..8"),
+        (_replaced("request.mope.threshold", lambda a: a * np.nan), "non-finite values"),
+        (_without("request.single.text_bias"), r"missing arrays \['request.single.text_bias'\]"),
+        (_forge(_pickled), "not a readable numeric .npz archive"),
+    ],
+)
+def test_corrupted_or_foreign_bundles_are_refused_with_a_clear_error(trained, tmp_path, tamper, message):
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle_dir)
+    tamper(bundle_dir)
+    with pytest.raises(InputError, match=message) as err:
+        predictors.load_bundle(bundle_dir)
+    assert str(bundle_dir) in str(err.value)
+
+
+def test_a_run_directory_is_not_a_bundle(run):
+    with pytest.raises(InputError, match="expected manifest.json"):
+        predictors.load_bundle(run)
+
+
+# -- VTC-predict with a predictor ------------------------------------------------------------
+
+
+class FixedPredictor:
+    """Predicts 40 output tokens for every request; records what it observes."""
+
+    def __init__(self):
+        self.observed = []
+
+    def predict_one(self, req):
+        return predictors.Prediction(40.0, 0.0, 0.0, 0.0)
+
+    def observe(self, req):
+        self.observed.append(req.request_id)
+
+    def describe(self):
+        return {"name": "fixed-40"}
+
+
+def test_vtc_predict_charges_the_predicted_length_then_corrects():
+    predictor = FixedPredictor()
+    policy = VTCPredict(predictor=predictor)
+    long, short = Request(0, "a", 0.0, 100, 50), Request(1, "b", 0.0, 100, 30)
+    for req in (long, short):
+        policy.on_arrival(req, 0.0)
+    for _ in range(2):
+        policy.admit(policy.select(lambda _: True), 0.0, resumed=False)
+    assert policy.counters == {"a": 100 + 2 * 40, "b": 100 + 2 * 40}  # w_p * prompt + w_q * predicted
+    long.generated, short.generated = 40, 30
+    policy.on_tokens([long], 40)
+    policy.on_tokens([short], 30)
+    assert policy.counters == {"a": 180, "b": 180}  # tokens within the prediction are prepaid
+    long.generated = 50
+    policy.on_tokens([long], 10)
+    policy.on_finish(long, 1.0)
+    policy.on_finish(short, 1.0)
+    assert policy.counters == {"a": 180 + 2 * 10, "b": 180 - 2 * 10}  # beyond: charged; short: refunded
+    assert predictor.observed == [0, 1] and policy.describe()["predictor"] == {"name": "fixed-40"}
+
+
+class CountingSession:
+    """A session that counts the calls the policy makes."""
+
+    def __init__(self, session):
+        self.session, self.predicted, self.observed = session, 0, 0
+
+    def predict_one(self, req):
+        self.predicted += 1
+        return self.session.predict_one(req)
+
+    def observe(self, req):
+        self.observed += 1
+        self.session.observe(req)
+
+
+def test_vtc_predict_with_a_bundle_session_charges_its_prediction_in_a_replay(trained):
+    bundle = predictors.load_bundle(trained.bundle)
+    req = Request(0, "a", 0.0, 120, 80, prompt="w1 w2 list")
+    policy = VTCPredict(predictor=bundle.session())
+    policy.on_arrival(req, 0.0)
+    policy.admit(policy.select(lambda _: True), 0.0, resumed=False)
+    predicted = bundle.session().predict_one(req).output_tokens
+    assert policy.counters["a"] == pytest.approx(120 + 2 * predicted)
+    config, preset = engine_config(PRESET)
+    session = CountingSession(bundle.session())
+    requests, _ = Simulator(config, preset.cost_model, VTCPredict(predictor=session)).run(experts_workload(n=80))
+    assert requests.column("status").to_pylist() == ["finished"] * 80
+    assert session.predicted == session.observed == 80
