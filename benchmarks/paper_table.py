@@ -3,7 +3,7 @@
 Replays, on one engine preset (A100, Llama-2-7B) and one seed, the VTC LMSYS trace, ShareGPT
 with clients assigned, the Azure conversation trace and VTC's ``overload``,
 ``on-off-overload`` and ``poisson-short-long`` under FCFS, VTC, VTC-predict and Equinox (MoPE
-and oracle lengths), each with and without stall-free steps; writes a Markdown table, the
+and oracle lengths), each with and without stall-free steps (see MODES); writes a Markdown table, the
 Equinox/VTC ratios and figures to ``docs/paper-table/``.
 
 MoPE is trained once, on a VTC replay of ShareGPT conversations 1000-1999 (disjoint from
@@ -41,6 +41,13 @@ SCHEDULERS = ["fcfs", "vtc", "vtc-predict", "equinox", "equinox-oracle"]
 # VTC's synthetic suite is sized for an A10G with a 10,000-token KV pool; the A100 preset has
 # twelve times the pool, so those workloads are replayed ten times faster (time_scale 0.1).
 SYNTHETIC_TIME_SCALE = 0.1
+# Without stall-free steps: a prefill-first engine (vLLM v0's default) that runs whole prompts in a
+# step, with a budget of Llama-2's 4,096-token context.  With: chunked prefill to the preset's
+# 2,048-token budget, decodes first (Sarathi-Serve).
+MODES = {
+    "prefill-first": {"chunked_prefill": False, "max_batch_tokens": 4096},
+    "stall-free": {"chunked_prefill": True, "stall_free": True},
+}
 
 
 def workloads(data: Path, quick: bool) -> dict:
@@ -145,15 +152,14 @@ def main() -> None:
         lines, ratios, images = [], [], []
         for name, table in workloads(args.data, args.quick).items():
             summaries = {}
-            for stall_free in (False, True):
-                mode = "stall-free" if stall_free else "vllm-order"
+            for mode, engine in MODES.items():
                 runs = replay(
                     table, SCHEDULERS, work / name / mode, workload_name=name, preset=PRESET, seed=SEED,
-                    predictors=bundle, stall_free=stall_free,
+                    predictors=bundle, **engine,
                 )  # fmt: skip
                 for summary in audit(runs).runs:
                     summaries[(summary["scheduler"], mode)] = summary
-                if not stall_free:
+                if mode == "stall-free":
                     images += figures(name, [r for r in runs if r.name in ("fcfs", "vtc", "equinox")], args.out)
             header = "| scheduler | steps | " + " | ".join(label for label, _, _ in ROWS) + " |"
             lines += [f"### {name} ({table.num_rows:,} requests)", "", header, "|---|---|" + "---:|" * len(ROWS)]
@@ -164,7 +170,7 @@ def main() -> None:
                     cells.append("-" if v is None else fmt.format(v))
                 lines.append(f"| {scheduler} | {mode} | " + " | ".join(cells) + " |")
             lines.append("")
-            for mode in ("vllm-order", "stall-free"):
+            for mode in MODES:
                 eq, vtc = summaries[("equinox", mode)], summaries[("vtc", mode)]
                 ratios.append(
                     (name, mode)

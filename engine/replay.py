@@ -139,30 +139,41 @@ def replay(
         if progress is not None:
             task = progress.add_task(f"{workload_name} / {name}", total=workload.num_rows)
             callback = lambda done, task=task: progress.update(task, completed=done)  # noqa: E731
-        sim = Simulator(config, engine_preset.cost_model, policy, progress=callback)
-        started = time.perf_counter()
-        requests, steps = sim.run(workload, scheduler_name=name)
-        wall = time.perf_counter() - started
-        config_record = {
-            "scheduler": name,
-            "scheduler_spec": spec,
-            "policy": policy.describe(),
-            "seed": seed,
-            "service_weights": {"w_p": service.w_p, "w_q": service.w_q},
-            "workload": workload_record,
-            "engine": {
-                "kind": "simulator",
-                "preset": engine_preset.name,
-                "peak_flops": engine_preset.hardware.peak_flops,
-                **config.as_dict(),
-            },
-            "steps": steps.num_rows,
-            "wall_s": round(wall, 3),
-            "versions": _versions(),
-        }
         run_dir = out_dir / name
-        write_run(run_dir, requests, steps, config_record, counters_table(policy))
+        with atomic_directory(run_dir) as tmp:
+            sim = Simulator(config, engine_preset.cost_model, policy, progress=callback, steps_path=tmp / STEPS_FILE)
+            started = time.perf_counter()
+            requests, _ = sim.run(workload, scheduler_name=name)
+            wall = time.perf_counter() - started
+            atomic_write_parquet(requests, tmp / REQUESTS_FILE)
+            counters = counters_table(policy)
+            if counters is not None:
+                atomic_write_parquet(counters, tmp / COUNTERS_FILE)
+            atomic_write_json(
+                _run_record(name, spec, policy, seed, service, workload_record, engine_preset, config, sim.step, wall),
+                tmp / RUN_FILE,
+            )
         if progress is not None:
             progress.update(task, completed=workload.num_rows)
         runs.append(run_dir)
     return runs
+
+
+def _run_record(name, spec, policy, seed, service, workload_record, engine_preset, config, steps, wall) -> dict:
+    return {
+        "scheduler": name,
+        "scheduler_spec": spec,
+        "policy": policy.describe(),
+        "seed": seed,
+        "service_weights": {"w_p": service.w_p, "w_q": service.w_q},
+        "workload": workload_record,
+        "engine": {
+            "kind": "simulator",
+            "preset": engine_preset.name,
+            "peak_flops": engine_preset.hardware.peak_flops,
+            **config.as_dict(),
+        },
+        "steps": steps,
+        "wall_s": round(wall, 3),
+        "versions": _versions(),
+    }

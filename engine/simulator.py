@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from engine.request import Request
 from engine.results import REQUEST_SCHEMA, STEP_SCHEMA
@@ -54,33 +55,72 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 class _StepLog:
-    """Column buffers for steps.parquet, appended a row or a stretch at a time."""
+    """Column buffers for steps.parquet, appended a row or a stretch at a time.
 
-    def __init__(self) -> None:
+    With a ``path`` the rows go to disk in fixed batches of ``FLUSH_ROWS`` as the run goes
+    (memory stays bounded however long the run); the batches are cut at the same rows
+    whichever path produced them, so the file is identical either way.
+    """
+
+    FLUSH_ROWS = 1 << 16
+
+    def __init__(self, path=None) -> None:
         self.cols: dict[str, list] = {f.name: [] for f in STEP_SCHEMA}
         self.chunks: list[dict[str, np.ndarray]] = []
+        self.buffered = 0
+        self.rows = 0
+        self.writer = None if path is None else pq.ParquetWriter(path, STEP_SCHEMA, compression="zstd")
 
     def row(self, **values) -> None:
         for name, col in self.cols.items():
             col.append(values[name])
+        self.buffered += 1
+        if self.writer is not None and self.buffered >= self.FLUSH_ROWS:
+            self._write()
 
     def block(self, values: dict[str, np.ndarray]) -> None:
         self._flush_rows()
         self.chunks.append(values)
+        self.buffered += len(values["step"])
+        if self.writer is not None and self.buffered >= self.FLUSH_ROWS:
+            self._write()
 
     def _flush_rows(self) -> None:
         if self.cols["step"]:
             self.chunks.append({k: np.asarray(v) for k, v in self.cols.items()})
             self.cols = {f.name: [] for f in STEP_SCHEMA}
 
-    def table(self) -> pa.Table:
+    def _table(self) -> pa.Table:
         self._flush_rows()
         arrays = []
         for field in STEP_SCHEMA:
             parts = [np.asarray(c[field.name]) for c in self.chunks]
             data = np.concatenate(parts) if parts else np.array([])
             arrays.append(pa.array(data, type=field.type))
+        self.chunks = []
         return pa.Table.from_arrays(arrays, schema=STEP_SCHEMA)
+
+    def _write(self, final: bool = False) -> None:
+        table = self._table()
+        full = table.num_rows - table.num_rows % self.FLUSH_ROWS
+        for start in range(0, full, self.FLUSH_ROWS):
+            self.writer.write_table(table.slice(start, self.FLUSH_ROWS))
+        rest = table.slice(full)
+        if final:
+            if rest.num_rows or self.rows + full == 0:
+                self.writer.write_table(rest)
+        else:
+            self.chunks = [{name: rest.column(name).to_numpy() for name in rest.column_names}]
+        self.rows += full + (rest.num_rows if final else 0)
+        self.buffered = 0 if final else rest.num_rows
+
+    def close(self) -> pa.Table | None:
+        """The whole table in memory, or None once the file is complete."""
+        if self.writer is None:
+            return self._table()
+        self._write(final=True)
+        self.writer.close()
+        return None
 
 
 class Simulator:
@@ -93,21 +133,24 @@ class Simulator:
         policy: Policy,
         *,
         progress: Callable[[int], None] | None = None,
+        steps_path=None,
     ):
         self.config = config
         self.cost = cost_model
         self.policy = policy
         self.progress = progress
+        self.steps_path = steps_path  # stream steps.parquet here instead of returning it
 
     # -- set-up --------------------------------------------------------------------
-    def run(self, workload: pa.Table, scheduler_name: str | None = None) -> tuple[pa.Table, pa.Table]:
+    def run(self, workload: pa.Table, scheduler_name: str | None = None) -> tuple[pa.Table, pa.Table | None]:
+        """Replay ``workload``: the requests table, and the steps table (None when streamed to disk)."""
         cfg = self.config
         self.bs = cfg.block_size
         self.free = cfg.total_blocks
         self.running: list[Request] = []
         self.waiting_tokens = 0
         self._min_pending: list = []  # lazy heap of (pending, id, req) over waiting requests
-        self.log = _StepLog()
+        self.log = _StepLog(self.steps_path)
         self.step = 0
         self.finished = 0
         self._last_dt = float("inf")
@@ -122,7 +165,7 @@ class Simulator:
         texts = workload.column("prompt").to_pylist()
         reqs = [Request(*row) for row in zip(ids, clients, arrivals, prompts, outputs, weights, texts)]
         self._loop(reqs, arrivals)
-        return self._request_table(workload, reqs, scheduler_name or self.policy.name), self.log.table()
+        return self._request_table(workload, reqs, scheduler_name or self.policy.name), self.log.close()
 
     # -- main loop -----------------------------------------------------------------
     def _loop(self, reqs: list[Request], arrivals: list[float]) -> None:

@@ -118,3 +118,24 @@ def test_every_request_gets_all_its_tokens():
     # Without preemption each request's first token comes from its prefill, the rest from decodes.
     assert steps.decode_tokens.sum() == (req.output_tokens - 1).sum()
     assert steps.prefill_tokens.sum() == req.prompt_tokens.sum()
+
+
+def test_steps_streamed_to_disk_in_fixed_batches_equal_the_in_memory_table(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from engine import simulator
+
+    monkeypatch.setattr(simulator._StepLog, "FLUSH_ROWS", 500)
+    table = _random_workload()
+    cost = LinearCost(base=0.01, per_token=1e-5)
+    files = []
+    for fast in (True, False):
+        config = EngineConfig(kv_capacity_tokens=4096, max_running=64, max_batch_tokens=512, fast_forward=fast)
+        in_memory = Simulator(config, cost, make_policy("vtc")).run(table)[1]
+        path = tmp_path / f"steps-{fast}.parquet"
+        assert Simulator(config, cost, make_policy("vtc"), steps_path=path).run(table)[1] is None
+        streamed = pq.read_table(path)
+        assert streamed.equals(in_memory) and in_memory.num_rows > 2 * 500
+        assert pq.ParquetFile(path).metadata.row_group(0).num_rows == 500
+        files.append(path.read_bytes())
+    assert files[0] == files[1]  # the fast path cuts its batches at the same rows
