@@ -38,7 +38,8 @@ def split_list(values: List[str]) -> List[str]:
 
 WORKLOAD_HELP = (
     "A synthetic workload name (see `equinox traces list`), 'lmsys' for the VTC LMSYS trace, "
-    "or a file: canonical Parquet/CSV, ShareGPT JSON, VTC LMSYS CSV, Azure LLM trace CSV."
+    "or a file: canonical Parquet/CSV, ShareGPT JSON, LMSYS-Chat-1M Parquet, Mooncake JSONL, BurstGPT CSV, "
+    "VTC LMSYS CSV, Azure LLM trace CSV (docs/TRACES.md)."
 )
 
 

@@ -38,7 +38,10 @@ def replay(
         help="Engine preset (hardware + model); see `equinox presets`. The default is the VTC paper's engine.",
     ),
     seed: int = typer.Option(42, help="Seed for synthetic arrivals, client assignment and oracle noise."),
-    clients: Optional[int] = typer.Option(None, help="Assign N clients (seeded; replaces any clients the trace has)."),
+    clients: Optional[str] = typer.Option(
+        None,
+        help="Assign clients (seeded; replaces the trace's): N, uniform:N, zipf:N, shares:0.5,0.3,0.2 or from:COLUMN.",
+    ),
     client_dist: str = typer.Option("uniform", help="How --clients are assigned: uniform or zipf."),
     rate: Optional[float] = typer.Option(None, help="Requests/s for a trace without timestamps."),
     arrival: str = typer.Option("poisson", help="Arrival process with --rate: poisson or gamma."),

@@ -1,4 +1,4 @@
-"""The one error type for bad user input, shared by every layer.
+"""The one error type for bad user input, shared by every layer, and the one warning type.
 
 The CLI turns an ``InputError`` into a one-line message and exit code 2; library
 callers can catch it.  The message always names the file (or option), the row
@@ -22,3 +22,7 @@ class InputError(ValueError):
                 where += f", row {row}"
             where += ": "
         super().__init__(where + message)
+
+
+class TraceWarning(UserWarning):
+    """Input that was read with a loss the user should know of, such as a truncated file."""

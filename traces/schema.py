@@ -26,8 +26,10 @@ WORKLOAD_SCHEMA = pa.schema(
         pa.field("weight", pa.float64(), nullable=False),  # fair-share weight, default 1
         pa.field("prompt", pa.string()),  # prompt text when the source has it
         pa.field("conversation_id", pa.string()),  # groups turns of one conversation
+        pa.field("prefix_hashes", pa.list_(pa.int64())),  # prefix-block hashes (Mooncake's hash_ids)
     ]
 )
+OPTIONAL = ("weight", "prompt", "conversation_id", "prefix_hashes")
 
 METADATA_KEY = b"equinox.workload"
 
@@ -41,35 +43,45 @@ def make_table(
     weight=None,
     prompt=None,
     conversation_id=None,
+    prefix_hashes=None,
     metadata: dict | None = None,
     source: str = "workload",
 ) -> pa.Table:
-    """Build a canonical table from columns; sorts by arrival (stable) and numbers requests 0..n-1."""
+    """Build a canonical table from columns; sorts by arrival (stable) and numbers requests 0..n-1.
+
+    The optional columns (``prompt``, ``conversation_id``, ``prefix_hashes``) take sequences or
+    Arrow arrays; left out, they are nulls.
+    """
     arrival = np.asarray(arrival_s, dtype=np.float64)
     n = len(arrival)
     order = np.argsort(arrival, kind="stable")
-    client = np.asarray(client_id, dtype=object)[order]
+    client = client_id.cast(pa.string()) if isinstance(client_id, (pa.Array, pa.ChunkedArray)) else None
     cols = {
         "request_id": pa.array(np.arange(n, dtype=np.int64)),
-        "client_id": pa.array([str(c) for c in client], type=pa.string()),
+        "client_id": client.take(order)
+        if client is not None
+        else pa.array([str(c) for c in np.asarray(client_id, dtype=object)[order]], type=pa.string()),
         "arrival_s": pa.array(arrival[order]),
         "prompt_tokens": pa.array(np.asarray(prompt_tokens, dtype=np.int64)[order]),
         "output_tokens": pa.array(np.asarray(output_tokens, dtype=np.int64)[order]),
         "weight": pa.array(
             np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)[order]
         ),
-        "prompt": pa.array(
-            [None] * n if prompt is None else [prompt[i] for i in order], type=pa.string()
-        ),
-        "conversation_id": pa.array(
-            [None] * n if conversation_id is None else [conversation_id[i] for i in order],
-            type=pa.string(),
-        ),
     }
+    for name, values in (("prompt", prompt), ("conversation_id", conversation_id), ("prefix_hashes", prefix_hashes)):
+        cols[name] = _optional_column(values, WORKLOAD_SCHEMA.field(name).type, n, order)
     table = pa.Table.from_pydict(cols, schema=WORKLOAD_SCHEMA)
     table = with_metadata(table, metadata or {})
     validate(table, source=source)
     return table
+
+
+def _optional_column(values, type: pa.DataType, n: int, order: np.ndarray):
+    if values is None:
+        return pa.nulls(n, type=type)
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = pa.array(list(values), type=type)
+    return values.cast(type).take(order)
 
 
 def with_metadata(table: pa.Table, info: dict) -> pa.Table:
@@ -79,8 +91,9 @@ def with_metadata(table: pa.Table, info: dict) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-def workload_metadata(table: pa.Table) -> dict:
-    meta = table.schema.metadata or {}
+def workload_metadata(table: pa.Table | pa.Schema) -> dict:
+    """The provenance attached by ``with_metadata`` to a table (or a schema), or {}."""
+    meta = getattr(table, "schema", table).metadata or {}
     raw = meta.get(METADATA_KEY)
     return json.loads(raw) if raw else {}
 
