@@ -3,8 +3,11 @@
 * **UFC**, the User Fairness Counter: service the user perceived.  At admission
   ``UFC += (w_p * prompt * g(ttft_hat) + w_q * out_hat * g(tpot_hat)) / weight`` with
   ``g(lat) = 1 / (1 + gamma * max(0, lat / slo - 1))``: tokens that came late count less,
-  so a client whose requests waited moves ahead.  ``ttft_hat`` is the time already waited
-  plus the predicted prefill time; ``tpot_hat`` the predicted time per output token.
+  so a client whose requests waited moves ahead.  Latency counts from when a request became
+  the head of its client's queue: the wait behind the client's own earlier requests is
+  self-inflicted (a client that floods the queue must not earn a discount for it); the wait
+  at the head is what the scheduler made it wait.  ``ttft_hat`` is that wait so far plus the
+  predicted prefill time; ``tpot_hat`` the predicted time per output token.
   Output tokens beyond ``out_hat`` are charged as they come; at completion the charge is
   replaced by the actual one (actual length, TTFT and TPOT).
 * **RFC**, the Resource Fairness Counter: engine time the client's requests used.  At
@@ -95,6 +98,7 @@ class Equinox(Policy):
         self._last_left: str | None = None
         self._waiting = 0
         self._charges: dict[int, _Charge] = {}
+        self._head_since: dict[int, float] = {}  # request id -> when it became its client's head
         self._average: dict[str, float] = {}
         self._sec_per_prefill_token = 0.0  # measured, smoothed
         self._sec_per_step = 0.0
@@ -148,6 +152,7 @@ class Equinox(Policy):
         queue.append(req)
         self._waiting += 1
         if len(queue) == 1:
+            self._head_since[req.request_id] = req.arrival_s
             self._lift(client)
             self._backlogged[client] = None
         return True
@@ -199,7 +204,9 @@ class Equinox(Policy):
         self._waiting -= 1
         if not resumed:
             self._charge_admission(req, now)
-        if not queue:
+        if queue:
+            self._head_since.setdefault(queue[0].request_id, now)
+        else:
             del self._backlogged[client]
             self._last_left = client
 
@@ -236,7 +243,8 @@ class Equinox(Policy):
 
     def _charge_admission(self, req: Request, now: float) -> None:
         out_hat, prefill_s, tpot_hat = self._predict(req)
-        ufc = self._user_charge(req, out_hat, now - req.arrival_s + prefill_s, tpot_hat)
+        head_since = self._head_since.get(req.request_id, req.arrival_s)
+        ufc = self._user_charge(req, out_hat, now - head_since + prefill_s, tpot_hat)
         rfc_hat = prefill_s + out_hat * tpot_hat / max(1.0, self._batch_size)
         req.predicted_output = out_hat
         charge = _Charge(out_hat, tpot_hat, ufc, rfc_hat / req.weight)
@@ -305,7 +313,7 @@ class Equinox(Policy):
         charge = self._charges.pop(req.request_id, None)
         if charge is None:
             return
-        ttft = req.first_token_s - req.arrival_s
+        ttft = req.first_token_s - self._head_since.pop(req.request_id, req.arrival_s)
         tpot = (now - req.first_token_s) / (req.generated - 1) if req.generated > 1 else charge.tpot_hat
         actual = self._user_charge(req, req.generated, ttft, tpot)
         self.ufc[req.client] += actual - charge.ufc
