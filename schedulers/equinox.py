@@ -100,9 +100,8 @@ class Equinox(Policy):
         self._charges: dict[int, _Charge] = {}
         self._head_since: dict[int, float] = {}  # request id -> when it became its client's head
         self._average: dict[str, float] = {}
-        self._sec_per_prefill_token = 0.0  # measured, smoothed
-        self._sec_per_step = 0.0
-        self._batch_size = 1.0  # decodes per decode-only step, smoothed
+        self._sec_per_step = 0.0  # measured step time, smoothed: a decode's time per token
+        self._sec_per_token = 0.0  # measured step time per token computed, smoothed
         self._budget: int | None = None
         self._next_log = 0.0
         self.trajectory: list[tuple[float, str, float, float, float]] = []
@@ -230,7 +229,7 @@ class Equinox(Policy):
     def _predict(self, req: Request) -> tuple[float, float, float]:
         """(output tokens, prefill seconds, seconds per output token) expected for ``req``."""
         k = self.knobs
-        prefill_s = req.prompt_tokens * self._sec_per_prefill_token
+        prefill_s = self._sec_per_step  # a prompt is prefilled in about one step (chunked)
         tpot = self._sec_per_step
         if k.lengths == "oracle":
             out = float(req.output_tokens)
@@ -245,7 +244,8 @@ class Equinox(Policy):
         out_hat, prefill_s, tpot_hat = self._predict(req)
         head_since = self._head_since.get(req.request_id, req.arrival_s)
         ufc = self._user_charge(req, out_hat, now - head_since + prefill_s, tpot_hat)
-        rfc_hat = prefill_s + out_hat * tpot_hat / max(1.0, self._batch_size)
+        # Engine time is shared per token computed (on_step), so predict it the same way.
+        rfc_hat = (req.prompt_tokens + out_hat) * self._sec_per_token
         req.predicted_output = out_hat
         charge = _Charge(out_hat, tpot_hat, ufc, rfc_hat / req.weight)
         self._charges[req.request_id] = charge
@@ -277,22 +277,21 @@ class Equinox(Policy):
                 if charge.rfc_actual > charge.rfc:
                     self.rfc[req.client] += charge.rfc_actual - charge.rfc
                     charge.rfc = charge.rfc_actual
-        self._measure(duration_s, batch)
+        self._measure(duration_s, tokens)
         if now >= self._next_log:
             self._log(now)
 
-    def _measure(self, duration_s: float, batch: list) -> None:
-        prefill = sum(n for req, n in batch if not req.decoding)
-        decodes = len(batch) - sum(1 for req, _ in batch if not req.decoding)
-        if decodes and not prefill:
-            self._sec_per_step += EMA * (duration_s - self._sec_per_step) if self._sec_per_step else duration_s
-            self._batch_size += EMA * (decodes - self._batch_size)
-        elif prefill:
-            per_token = duration_s / prefill
-            prev = self._sec_per_prefill_token
-            self._sec_per_prefill_token = prev + EMA * (per_token - prev) if prev else per_token
+    def _measure(self, duration_s: float, tokens: int) -> None:
+        if not tokens:
+            return
+        per_token = duration_s / tokens
+        if self._sec_per_step:
+            self._sec_per_step += EMA * (duration_s - self._sec_per_step)
+            self._sec_per_token += EMA * (per_token - self._sec_per_token)
+        else:
+            self._sec_per_step, self._sec_per_token = duration_s, per_token
         if self.knobs.adaptive_budget and self._budget is not None:
-            self._adapt_budget(duration_s, prefill + decodes)
+            self._adapt_budget(duration_s, tokens)
 
     def _adapt_budget(self, duration_s: float, tokens: int) -> None:
         k = self.knobs
