@@ -31,11 +31,13 @@ the client's moving average (as VTC-predict).  Every knob is in ``EquinoxKnobs``
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import asdict, dataclass
 
 from engine.request import Request
 from schedulers.base import Policy
+from schedulers.heap import ClientHeap
 
 WINDOW = 5  # moving average of output lengths, as VTC-predict
 EMA = 0.05  # smoothing of the measured seconds per token
@@ -54,7 +56,7 @@ class EquinoxKnobs:
     budget_max: int = 8192
     utilization_target: float = 0.9  # of the step's token budget
     lengths: str = "average"  # "oracle", "average" or "predictor"
-    log_interval_s: float = 1.0  # counter trajectory sampling, for the audit
+    log_interval_s: float = 1.0  # counter trajectory sampling (clients that changed), for the audit
 
     def __post_init__(self):
         if min(self.alpha, self.beta, self.gamma, self.delta) < 0 or self.alpha + self.beta == 0:
@@ -93,7 +95,11 @@ class Equinox(Policy):
         self.ufc: dict[str, float] = {}
         self.rfc: dict[str, float] = {}
         self._queues: dict[str, deque[Request]] = {}
-        self._backlogged: dict[str, None] = {}  # insertion-ordered set: first-seen order breaks ties
+        # Backlogged clients, ordered by each counter (ties: first seen), and the counters' sums
+        # over them: the lowest HF is found in O(log clients) for typical counter spreads.
+        self._by_ufc = ClientHeap()
+        self._by_rfc = ClientHeap()
+        self._sum_ufc = self._sum_rfc = 0.0
         self._order: dict[str, int] = {}
         self._last_left: str | None = None
         self._waiting = 0
@@ -105,6 +111,7 @@ class Equinox(Policy):
         self._budget: int | None = None
         self._next_log = 0.0
         self.trajectory: list[tuple[float, str, float, float, float]] = []
+        self._changed: set[str] = set()  # clients whose counters moved since the last sample
         # Per-step charging and a budget that moves between steps need every step reported.
         self.exact_under_fast_forward = knobs.beta == 0 and not knobs.adaptive_budget
 
@@ -112,33 +119,88 @@ class Equinox(Policy):
     def waiting(self) -> int:
         return self._waiting
 
+    # -- counters ----------------------------------------------------------------------
+    def _add(self, client: str, ufc: float = 0.0, rfc: float = 0.0) -> None:
+        """Change a client's counters, keeping the backlogged heaps and sums in step."""
+        self.ufc[client] += ufc
+        self.rfc[client] += rfc
+        self._changed.add(client)
+        if client in self._by_ufc:
+            if ufc:
+                self._sum_ufc += ufc
+                self._by_ufc.update(client, self.ufc[client])
+            if rfc:
+                self._sum_rfc += rfc
+                self._by_rfc.update(client, self.rfc[client])
+
+    def set_counters(self, client: str, ufc: float, rfc: float) -> None:
+        """Set a known client's counters (for tests and tools)."""
+        self._add(client, ufc - self.ufc[client], rfc - self.rfc[client])
+
+    def _backlog(self, client: str) -> None:
+        self._by_ufc.push(client, self.ufc[client])
+        self._by_rfc.push(client, self.rfc[client])
+        self._sum_ufc += self.ufc[client]
+        self._sum_rfc += self.rfc[client]
+
+    def _unbacklog(self, client: str) -> None:
+        self._by_ufc.remove(client)
+        self._by_rfc.remove(client)
+        if self._by_ufc:
+            self._sum_ufc -= self.ufc[client]
+            self._sum_rfc -= self.rfc[client]
+        else:
+            self._sum_ufc = self._sum_rfc = 0.0  # no drift carried over an empty queue
+
     # -- the score ---------------------------------------------------------------------
-    def _scores(self) -> dict[str, float]:
-        k = self.knobs
-        clients = self._backlogged
-        if k.beta == 0:
-            return {c: self.ufc[c] for c in clients}
-        if k.alpha == 0:
-            return {c: self.rfc[c] for c in clients}
-        mean_u = sum(self.ufc[c] for c in clients) / len(clients)
-        mean_r = sum(self.rfc[c] for c in clients) / len(clients)
-        scale_u = k.alpha / mean_u if mean_u > 0 else 0.0
-        scale_r = k.beta / mean_r if mean_r > 0 else 0.0
-        return {c: scale_u * self.ufc[c] + scale_r * self.rfc[c] for c in clients}
+    def _scales(self) -> tuple[float, float]:
+        """HF = a * UFC + b * RFC for every backlogged client: a = alpha / mean(UFC), b likewise."""
+        k, n = self.knobs, len(self._by_ufc)
+        a = k.alpha * n / self._sum_ufc if self._sum_ufc > 0 else 0.0
+        b = k.beta * n / self._sum_rfc if self._sum_rfc > 0 else 0.0
+        return a, b
 
     def hf(self) -> dict[str, float]:
-        """The Holistic Fairness score of every backlogged client, normalised as in the docstring."""
-        k = self.knobs
-        clients = self._backlogged
-        if not clients:
-            return {}
-        mean_u = sum(self.ufc[c] for c in clients) / len(clients)
-        mean_r = sum(self.rfc[c] for c in clients) / len(clients)
-        return {
-            c: (k.alpha * self.ufc[c] / mean_u if mean_u > 0 else 0.0)
-            + (k.beta * self.rfc[c] / mean_r if mean_r > 0 else 0.0)
-            for c in clients
-        }
+        """The Holistic Fairness score of every backlogged client."""
+        a, b = self._scales()
+        return {c: a * self.ufc[c] + b * self.rfc[c] for c, _ in self._by_ufc.ascending()}
+
+    def _ascending(self):
+        """Backlogged clients in increasing (HF, first seen) order, produced lazily.
+
+        With one counter weighing (``beta = 0``, ``alpha = 0``, or the other counter zero for every
+        backlogged client) its heap is the order.  Otherwise a
+        threshold walk over both heaps in ascending order: a client not yet seen in either has
+        both counters at least the last ones seen, so its HF is at least
+        ``a * last_ufc + b * last_rfc``; a seen client below that bound can be produced.  The
+        first few clients cost O(log clients) each, however many clients there are.
+        """
+        a, b = self._scales()
+        if a == 0 or b == 0:  # one counter weighs (a knob is 0, or a counter is 0 for all)
+            heap, scale = (self._by_ufc, a) if b == 0 else (self._by_rfc, b)
+            for client, key in heap.ascending():
+                yield client, scale * key
+            return
+        walks = [self._by_ufc.ascending(), self._by_rfc.ascending()]
+        last = [0.0, 0.0]
+        seen: set[str] = set()
+        ready: list[tuple[float, int, str]] = []
+        while True:
+            for i, walk in enumerate(walks):
+                step = next(walk, None)
+                if step is None:
+                    walks = []  # one order fully walked: every client has been seen
+                    break
+                client, last[i] = step
+                if client not in seen:
+                    seen.add(client)
+                    heapq.heappush(ready, (a * self.ufc[client] + b * self.rfc[client], self._order[client], client))
+            bound = a * last[0] + b * last[1] if walks else float("inf")
+            while ready and ready[0][0] < bound:
+                score, _, client = heapq.heappop(ready)
+                yield client, score
+            if not walks and not ready:
+                return
 
     # -- queue -------------------------------------------------------------------------
     def on_arrival(self, req: Request, now: float) -> bool:
@@ -153,14 +215,13 @@ class Equinox(Policy):
         if len(queue) == 1:
             self._head_since[req.request_id] = req.arrival_s
             self._lift(client)
-            self._backlogged[client] = None
+            self._backlog(client)
         return True
 
     def _lift(self, client: str) -> None:
-        others = self._backlogged
-        for counter in (self.ufc, self.rfc):
-            if others:
-                floor = min(counter[c] for c in others)
+        for counter, heap in ((self.ufc, self._by_ufc), (self.rfc, self._by_rfc)):
+            if heap:
+                floor = heap.min_key()
             elif self._last_left is not None and self._last_left != client:
                 floor = counter[self._last_left]
             else:
@@ -169,24 +230,18 @@ class Equinox(Policy):
                 counter[client] = floor
 
     def peek(self) -> Request | None:
-        if not self._backlogged:
-            return None
-        scores = self._scores()
-        best = min(scores, key=lambda c: (scores[c], self._order[c]))
-        return self._queues[best][0]
+        for client, _ in self._ascending():
+            return self._queues[client][0]
+        return None
 
     def select(self, fits) -> Request | None:
-        if not self._backlogged:
-            return None
-        if self.knobs.delta == 0:
-            req = self.peek()
-            return req if fits(req) else None
-        scores = self._scores()
-        ranked = sorted(scores, key=lambda c: (scores[c], self._order[c]))
-        hf = self.hf()
-        floor = hf[ranked[0]]
-        for client in ranked:
-            if hf[client] > floor + self.knobs.delta:
+        """The lowest-HF client's next request; if it does not fit, the first that does among
+        the clients within ``delta`` of the lowest HF (none when ``delta`` is 0)."""
+        floor = None
+        for client, score in self._ascending():
+            if floor is None:
+                floor = score
+            elif score > floor + self.knobs.delta or not self.knobs.delta:
                 break
             req = self._queues[client][0]
             if fits(req):
@@ -206,7 +261,7 @@ class Equinox(Policy):
         if queue:
             self._head_since.setdefault(queue[0].request_id, now)
         else:
-            del self._backlogged[client]
+            self._unbacklog(client)
             self._last_left = client
 
     def requeue(self, req: Request) -> None:
@@ -214,7 +269,7 @@ class Equinox(Policy):
         queue.appendleft(req)
         self._waiting += 1
         if len(queue) == 1:
-            self._backlogged[req.client] = None
+            self._backlog(req.client)
 
     # -- charges -----------------------------------------------------------------------
     def _g(self, latency: float, slo: float) -> float:
@@ -249,8 +304,7 @@ class Equinox(Policy):
         req.predicted_output = out_hat
         charge = _Charge(out_hat, tpot_hat, ufc, rfc_hat / req.weight)
         self._charges[req.request_id] = charge
-        self.ufc[req.client] += charge.ufc
-        self.rfc[req.client] += charge.rfc
+        self._add(req.client, charge.ufc, charge.rfc)
 
     def on_tokens(self, reqs, k: int) -> None:
         w_q = self.service.w_q
@@ -263,7 +317,7 @@ class Equinox(Policy):
             if extra > 0:
                 amount = w_q * extra * self._g(charge.tpot_hat, self.knobs.tpot_slo_s) / req.weight
                 charge.ufc += amount
-                self.ufc[req.client] += amount
+                self._add(req.client, ufc=amount)
 
     def on_step(self, now: float, duration_s: float, batch: list) -> None:
         tokens = sum(n for _, n in batch)
@@ -275,7 +329,7 @@ class Equinox(Policy):
                     continue
                 charge.rfc_actual += share * n / req.weight
                 if charge.rfc_actual > charge.rfc:
-                    self.rfc[req.client] += charge.rfc_actual - charge.rfc
+                    self._add(req.client, rfc=charge.rfc_actual - charge.rfc)
                     charge.rfc = charge.rfc_actual
         self._measure(duration_s, tokens)
         if now >= self._next_log:
@@ -315,8 +369,7 @@ class Equinox(Policy):
         ttft = req.first_token_s - self._head_since.pop(req.request_id, req.arrival_s)
         tpot = (now - req.first_token_s) / (req.generated - 1) if req.generated > 1 else charge.tpot_hat
         actual = self._user_charge(req, req.generated, ttft, tpot)
-        self.ufc[req.client] += actual - charge.ufc
-        self.rfc[req.client] += charge.rfc_actual - charge.rfc
+        self._add(req.client, actual - charge.ufc, charge.rfc_actual - charge.rfc)
         old = self._average.get(req.client)
         self._average[req.client] = req.generated if old is None else (old * (WINDOW - 1) + req.generated) / WINDOW
         if self.predictor is not None:
@@ -324,9 +377,13 @@ class Equinox(Policy):
 
     # -- logging -----------------------------------------------------------------------
     def _log(self, now: float) -> None:
-        hf = self.hf()
-        for client in self._order:
-            self.trajectory.append((now, client, self.ufc[client], self.rfc[client], hf.get(client, float("nan"))))
+        """Sample the counters of the clients that changed since the last sample (HF: NaN when idle)."""
+        a, b = self._scales()
+        for client in sorted(self._changed, key=self._order.__getitem__):
+            ufc, rfc = self.ufc[client], self.rfc[client]
+            hf = a * ufc + b * rfc if client in self._by_ufc else float("nan")
+            self.trajectory.append((now, client, ufc, rfc, hf))
+        self._changed.clear()
         self._next_log = now + self.knobs.log_interval_s
 
     def describe(self) -> dict:

@@ -8,6 +8,8 @@ VTC artifact's ``min`` over an insertion-ordered dict does.
 
 from __future__ import annotations
 
+import heapq
+
 
 class ClientHeap:
     __slots__ = ("_keys", "_heap", "_pos", "_seq", "_next_seq")
@@ -34,6 +36,24 @@ class ClientHeap:
 
     def key(self, client) -> float:
         return self._keys[client][0]
+
+    def ascending(self):
+        """Yield ``(client, key)`` in increasing key order without changing the heap.
+
+        A best-first walk of the heap's tree: the k smallest cost O(k log k), however many
+        clients there are.
+        """
+        heap, keys = self._heap, self._keys
+        if not heap:
+            return
+        frontier = [(keys[heap[0]], 0)]
+        n = len(heap)
+        while frontier:
+            key, i = heapq.heappop(frontier)
+            yield heap[i], key[0]
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < n:
+                    heapq.heappush(frontier, (keys[heap[child]], child))
 
     def push(self, client, key: float) -> None:
         seq = self._seq.get(client)

@@ -25,13 +25,14 @@ def test_hf_normalises_each_counter_by_its_mean_over_backlogged_clients():
     p = Equinox(EquinoxKnobs(alpha=0.7, beta=0.3))
     for i, c in enumerate("abc"):
         p.on_arrival(req(i, c), 0)
-    p.ufc.update(a=10.0, b=30.0, c=0.0)
-    p.rfc.update(a=3.0, b=1.0, c=2.0)
+    for client, ufc, rfc in (("a", 10.0, 3.0), ("b", 30.0, 1.0), ("c", 0.0, 2.0)):
+        p.set_counters(client, ufc, rfc)
     # means over a, b, c: UFC 40/3, RFC 2 -> a: .7*10*3/40 + .3*3/2 = 0.975; b: .7*30*3/40 + .3/2 = 1.725;
     # c: 0 + .3*2/2 = 0.3
     assert p.hf() == pytest.approx({"a": 0.975, "b": 1.725, "c": 0.3})
     assert p.peek().client == "c"
-    p.ufc.update(a=0.0, b=0.0, c=0.0)  # an all-zero counter normalises to 0
+    for client, rfc in (("a", 3.0), ("b", 1.0), ("c", 2.0)):
+        p.set_counters(client, 0.0, rfc)  # an all-zero counter normalises to 0
     assert p.hf() == pytest.approx({"a": 0.45, "b": 0.15, "c": 0.3})
 
 
@@ -64,7 +65,8 @@ def test_skipping_admits_a_fitting_request_only_within_the_slack():
         p = Equinox(EquinoxKnobs(alpha=1, beta=0, delta=delta))
         for i, (c, prompt) in enumerate([("a", 900), ("b", 10), ("c", 10)]):
             p.on_arrival(req(i, c, prompt=prompt), 0)
-        p.ufc.update(a=100.0, b=110.0, c=200.0)  # HF: a 0.73, b 0.81, c 1.46 (mean 136.7)
+        for client, ufc in (("a", 100.0), ("b", 110.0), ("c", 200.0)):  # HF: a 0.73, b 0.81, c 1.46
+            p.set_counters(client, ufc, 0.0)
         return p
 
     fits = lambda r: r.prompt_tokens < 100  # noqa: E731
@@ -150,3 +152,25 @@ def test_stall_free_steps_never_hold_a_decode_behind_a_prefill():
     classic_b, classic_steps = runs["classic"][0].loc["b"], runs["classic"][1]
     assert classic_steps.duration_s.max() == pytest.approx(0.01 + 2001e-4)
     assert tpot(classic_b) > tpot(b)
+
+
+def test_threshold_walk_finds_the_same_order_as_a_full_scan():
+    import random
+
+    rnd = random.Random(11)
+    p = Equinox(EquinoxKnobs(alpha=0.6, beta=0.4, delta=0.3))
+    for i in range(300):
+        p.on_arrival(req(i, f"c{i}"), 0)
+    for i in range(300):
+        ufc = rnd.uniform(0, 1000)
+        p.set_counters(f"c{i}", ufc, ufc * rnd.uniform(0.5, 1.5) / 100)  # correlated, as in a run
+    hf = p.hf()
+    order = {f"c{i}": i for i in range(300)}
+    full = sorted(hf, key=lambda c: (hf[c], order[c]))
+    floor = hf[full[0]]
+    assert [c for c, _ in p._ascending()] == full  # every client, in HF order
+    assert p.peek().client == full[0]
+    fits_only = {full[5], full[-1]}
+    chosen = p.select(lambda r: r.client in fits_only)
+    assert hf[full[5]] <= floor + 0.3 < hf[full[-1]]  # the sixth is within the slack, the last is not
+    assert chosen.client == full[5]

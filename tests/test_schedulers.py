@@ -166,3 +166,14 @@ def test_bad_scheduler_specs_are_input_errors(spec):
 
 def test_run_names_are_directory_safe():
     assert [run_name(s) for s in ("vtc", "rpm:5", "vtc-oracle(0.2)")] == ["vtc", "rpm-5", "vtc-oracle-0.2"]
+
+
+def test_heap_ascending_walk_matches_sorting_and_leaves_the_heap_alone():
+    rnd = random.Random(3)
+    heap = ClientHeap()
+    keys = {c: rnd.randrange(50) for c in range(200)}
+    for c, k in keys.items():
+        heap.push(c, k)
+    walked = list(heap.ascending())
+    assert walked == sorted(((c, k) for c, k in keys.items()), key=lambda ck: (ck[1], ck[0]))
+    assert heap.peek() == walked[0][0] and len(heap) == 200
