@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from equinox_cli import audit_cmd, predictors_cmd, replay_cmd, sweep_cmd, traces_cmd
+from equinox_cli import audit_cmd, predictors_cmd, replay_cmd, serve_cmd, sweep_cmd, traces_cmd
 from equinox_cli.common import console
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app.command("replay")(replay_cmd.replay)
 app.command("audit")(audit_cmd.audit)
 app.command("sweep")(sweep_cmd.sweep)
 app.command("train-predictors")(predictors_cmd.train_predictors)
+app.command("serve", context_settings=serve_cmd.SERVE_CONTEXT)(serve_cmd.serve)
+app.command("calibrate")(serve_cmd.calibrate)
 app.add_typer(traces_cmd.app, name="traces")
 
 

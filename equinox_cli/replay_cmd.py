@@ -97,10 +97,43 @@ def replay(
     predictors: Optional[Path] = typer.Option(
         None, help="A MoPE bundle (equinox train-predictors): predicted lengths for equinox and vtc-predict."
     ),
+    engine: str = typer.Option(
+        "simulator",
+        help="simulator, or vllm: a real vLLM engine in this process (needs --model; docs/SERVING.md).",
+        rich_help_panel="Real engines",
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        help="--engine vllm: the model (directory or name); --endpoint: the served model name.",
+        rich_help_panel="Real engines",
+    ),
+    max_model_len: Optional[int] = typer.Option(
+        None, help="--engine vllm: context length.", rich_help_panel="Real engines"
+    ),
+    peak_flops: Optional[float] = typer.Option(
+        None,
+        help="--engine vllm: the device's dense peak FLOP/s (MFU, train-predictors); known GPUs are recognised.",
+        rich_help_panel="Real engines",
+    ),
+    endpoint: Optional[str] = typer.Option(
+        None,
+        help="Replay against this OpenAI-compatible server (streaming; client-side times).",
+        rich_help_panel="Real engines",
+    ),
+    api_key: Optional[str] = typer.Option(
+        None, help="--endpoint: API key for every request.", rich_help_panel="Real engines"
+    ),
+    api_keys: Optional[Path] = typer.Option(
+        None, help='--endpoint: TOML [keys] table of tenant = "API key".', rich_help_panel="Real engines"
+    ),
+    concurrency: int = typer.Option(
+        64, min=1, help="--endpoint: most requests in flight.", rich_help_panel="Real engines"
+    ),
+    route: str = typer.Option("completions", help="--endpoint: completions or chat.", rich_help_panel="Real engines"),
 ):
-    """Replay a workload on the simulated engine under one or more schedulers.
+    """Replay a workload on the simulated engine, a real vLLM engine, or an OpenAI-compatible endpoint.
 
-    Writes OUT/<scheduler>/requests.parquet, steps.parquet and run.json.
+    Writes OUT/<scheduler>/requests.parquet, steps.parquet and run.json (OUT/endpoint/ for --endpoint).
     """
     from rich.progress import (
         BarColumn,
@@ -122,7 +155,7 @@ def replay(
     except ValueError as exc:
         raise InputError(str(exc), source="Equinox options") from None
     bundle = None
-    if predictors is not None:
+    if predictors is not None and engine == "simulator" and not endpoint:  # real engines load it themselves
         import warnings
 
         from predictors import load_bundle
@@ -141,6 +174,21 @@ def replay(
         time_scale=time_scale, seed=seed, fmt=fmt, tokenizer=tokenizer,
     )  # fmt: skip
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if engine != "simulator" or endpoint:
+        from equinox_cli.serve_cmd import replay_real
+
+        with Progress(*columns, console=err_console, transient=False) as progress:
+            runs = replay_real(
+                table, specs, out, engine=engine, endpoint=endpoint, model=model, workload_name=workload, seed=seed,
+                service=ServiceWeights(w_p, w_q), knobs=knobs, predictors=predictors, kv_capacity=kv_capacity,
+                max_running=max_running, max_batch_tokens=max_batch_tokens, chunked_prefill=chunked_prefill,
+                api_key=api_key, api_keys=api_keys, concurrency=concurrency, route=route,
+                max_model_len=max_model_len, peak_flops=peak_flops, progress=progress,
+            )  # fmt: skip
+        for run in runs:
+            console.print(f"wrote {run}")
+        console.print(f"next: equinox audit {out}")
+        return
     with Progress(*columns, console=err_console, transient=False) as progress:
         runs = run_replay(
             table, specs, out, workload_name=workload, preset=preset, seed=seed,

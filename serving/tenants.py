@@ -1,0 +1,276 @@
+"""Tenants for ``equinox serve``: who a request belongs to, decided by the server, not the client.
+
+A tenants file maps API keys to tenants and their fair-share weights::
+
+    # tenants.toml
+    [tenants.alice]
+    keys = ["sk-alice-1", "sk-alice-2"]   # or key = "..."
+    weight = 2.0                          # default 1
+
+    [tenants.bob]
+    key_sha256 = ["9f86d081884c7d65..."]  # SHA-256 hex digests, to keep keys out of the file
+
+``TenantMiddleware`` (an ASGI middleware vLLM's server loads with ``--middleware``) then
+
+* answers 401 to a request without a known key (``Authorization: Bearer <key>`` or ``x-api-key``);
+* on the generation routes (``GENERATE_PATHS``) refuses with 403 a body whose ``vllm_xargs``
+  names another tenant, and otherwise writes the key's tenant and weight into ``vllm_xargs``
+  (``equinox_tenant``, ``equinox_weight``; a weight the body asks for is replaced), which vLLM
+  hands the scheduler as ``sampling_params.extra_args``;
+* answers the read-only routes (``READ_PATHS``) for any known key and 404 to every other
+  route, so no endpoint reaches the engine without a tenant.
+
+Without a tenants file the server runs **open**: nothing is authenticated and a request's tenant
+is its ``vllm_xargs.equinox_tenant``, else the ``X-Equinox-Tenant`` header, else the OpenAI
+``user`` field, else ``default``.  The server says so when it starts.
+
+The middleware reads its configuration from the environment (``EQUINOX_TENANTS``: the file;
+``EQUINOX_TENANT_HEADER``: the open mode's header), which ``equinox serve`` sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+
+from serving.bridge import TENANT_KEY, WEIGHT_KEY
+from traces.errors import InputError
+
+ENV_FILE = "EQUINOX_TENANTS"
+ENV_HEADER = "EQUINOX_TENANT_HEADER"
+DEFAULT_HEADER = "x-equinox-tenant"
+DEFAULT_TENANT = "default"
+
+GENERATE_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages"})
+READ_PATHS = frozenset({"/v1/models", "/health", "/ping", "/version", "/tokenize", "/detokenize", "/load", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/ping"})  # liveness probes answer without a key
+
+logger = logging.getLogger("equinox.serve")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    weight: float = 1.0
+
+
+class Tenants:
+    """API key digest -> tenant."""
+
+    def __init__(self, by_digest: dict[str, Tenant], source: str = "tenants"):
+        self.by_digest = by_digest
+        self.source = source
+
+    @property
+    def names(self) -> list[str]:
+        return sorted({t.name for t in self.by_digest.values()})
+
+    def lookup(self, key: str | None) -> Tenant | None:
+        if not key:
+            return None
+        return self.by_digest.get(_digest(key))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tenants":
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise InputError("missing file; expected a TOML tenants file", source=source) from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InputError(f"expected a TOML tenants file: {exc}", source=source) from None
+        return cls.parse(data, source)
+
+    @classmethod
+    def parse(cls, data: dict, source: str = "tenants") -> "Tenants":
+        extra = sorted(set(data) - {"tenants"})
+        if extra:
+            raise InputError(f"unknown key(s) {', '.join(extra)}; expected [tenants.NAME] tables", source=source)
+        tenants = data.get("tenants")
+        if not isinstance(tenants, dict) or not tenants:
+            raise InputError("expected at least one [tenants.NAME] table", source=source)
+        by_digest: dict[str, Tenant] = {}
+        for name, spec in tenants.items():
+            where = f"tenants.{name}"
+            if not isinstance(spec, dict):
+                raise InputError(f"{where}: expected a table", source=source)
+            unknown = sorted(set(spec) - {"key", "keys", "key_sha256", "weight"})
+            if unknown:
+                raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; expected key, keys, "
+                                 "key_sha256, weight", source=source)  # fmt: skip
+            weight = spec.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+                raise InputError(f"{where}.weight: expected a positive number; got {weight!r}", source=source)
+            digests = [_digest(k) for k in _strings(spec, "key", where, source) + _strings(spec, "keys", where, source)]
+            for d in _strings(spec, "key_sha256", where, source):
+                if len(d) != 64 or any(c not in "0123456789abcdef" for c in d.lower()):
+                    raise InputError(f"{where}.key_sha256: expected 64 hex digits; got {d!r}", source=source)
+                digests.append(d.lower())
+            if not digests:
+                raise InputError(f"{where}: expected key, keys or key_sha256", source=source)
+            for d in digests:
+                if d in by_digest:
+                    raise InputError(f"{where}: a key is also {by_digest[d].name!r}'s", source=source)
+                by_digest[d] = Tenant(str(name), float(weight))
+        return cls(by_digest, source)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _strings(spec: dict, key: str, where: str, source: str) -> list[str]:
+    value = spec.get(key)
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or any(not isinstance(v, str) or not v for v in values):
+        raise InputError(f"{where}.{key}: expected a non-empty string or a list of them", source=source)
+    return list(values)
+
+
+def announcement(tenants: Tenants | None, header: str = DEFAULT_HEADER) -> str:
+    """What the server says at start-up about who may use it."""
+    if tenants is None:
+        return (
+            "equinox serve: OPEN MODE (no --tenants file). Requests are not authenticated; a request's "
+            f"tenant is its vllm_xargs.equinox_tenant, else the {header} header, else the OpenAI 'user' "
+            f"field, else '{DEFAULT_TENANT}'. Any client can claim any tenant's share."
+        )
+    return (
+        f"equinox serve: {len(tenants.names)} tenant(s) from {tenants.source} ({', '.join(tenants.names)}); "
+        "unknown API keys get 401, a body naming another tenant gets 403."
+    )
+
+
+class TenantMiddleware:
+    """ASGI middleware: authenticate, then stamp the tenant into every generation request."""
+
+    def __init__(self, app, tenants: Tenants | None = None, header: str | None = None, *, from_env: bool = True):
+        self.app = app
+        if tenants is None and from_env and os.environ.get(ENV_FILE):
+            tenants = Tenants.load(os.environ[ENV_FILE])
+        self.tenants = tenants
+        self.header = (header or os.environ.get(ENV_HEADER) or DEFAULT_HEADER).lower().encode()
+        logger.warning(announcement(tenants, self.header.decode()))
+
+    async def __call__(self, scope, receive, send):
+        kind = scope.get("type")
+        if kind == "websocket" and self.tenants is not None:
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if kind != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        tenant: Tenant | None = None
+        if self.tenants is not None:
+            if path in PUBLIC_PATHS:
+                await self.app(scope, receive, send)
+                return
+            tenant = self.tenants.lookup(_api_key(headers))
+            if tenant is None:
+                await _error(send, 401, "missing or unknown API key", "authentication_error")
+                return
+            if path not in GENERATE_PATHS and path not in READ_PATHS:
+                await _error(send, 404, f"{path} is not served by equinox serve with tenants", "not_found_error")
+                return
+        if path not in GENERATE_PATHS or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+
+        body = await _read_body(receive)
+        try:
+            payload = json.loads(body) if body else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            payload = None
+        if not isinstance(payload, dict):  # vLLM answers the bad body itself
+            await self.app(scope, _replay(body, receive), send)
+            return
+        xargs = payload.get("vllm_xargs")
+        if xargs is not None and not isinstance(xargs, dict):
+            await _error(send, 400, "vllm_xargs must be an object", "invalid_request_error")
+            return
+        xargs = dict(xargs or {})
+        if tenant is not None:
+            claimed = xargs.get(TENANT_KEY)
+            if claimed is not None and str(claimed) != tenant.name:
+                await _error(send, 403, f"this API key belongs to tenant {tenant.name!r}, not {claimed!r}",
+                             "permission_error")  # fmt: skip
+                return
+            name, weight = tenant.name, tenant.weight
+        else:
+            name = xargs.get(TENANT_KEY) or _header(headers, self.header) or payload.get("user") or DEFAULT_TENANT
+            weight = _as_float(xargs.get(WEIGHT_KEY, 1.0)) or 1.0
+        for key in [k for k in xargs if str(k).startswith("equinox_")]:
+            del xargs[key]
+        xargs[TENANT_KEY], xargs[WEIGHT_KEY] = str(name), float(weight)
+        payload["vllm_xargs"] = xargs
+        new_body = json.dumps(payload).encode()
+        scope = dict(scope)
+        scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"] + [
+            (b"content-length", str(len(new_body)).encode())
+        ]
+        await self.app(scope, _replay(new_body, receive), send)
+
+
+def _api_key(headers: dict) -> str | None:
+    auth = headers.get(b"authorization", b"").decode("latin-1").strip()
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    return key or None
+
+
+def _header(headers: dict, name: bytes) -> str | None:
+    value = headers.get(name, b"").decode("latin-1").strip()
+    return value or None
+
+
+def _as_float(value) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if 0 < out < float("inf") else None
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # disconnect
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive_rest):
+    """A ``receive`` that gives ``body`` once, then the client's own messages (its disconnect)."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive_rest()
+
+    return receive
+
+
+async def _error(send, status: int, message: str, kind: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
