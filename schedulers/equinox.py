@@ -32,11 +32,10 @@ the client's moving average (as VTC-predict).  Every knob is in ``EquinoxKnobs``
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from dataclasses import asdict, dataclass
 
 from engine.request import Request
-from schedulers.base import Policy
+from schedulers.client_queues import ClientQueues
 from schedulers.heap import ClientHeap
 
 WINDOW = 5  # moving average of output lengths, as VTC-predict
@@ -83,7 +82,7 @@ class _Charge:
         self.rfc = rfc_hat  # charged to RFC so far
 
 
-class Equinox(Policy):
+class Equinox(ClientQueues):
     name = "equinox"
 
     def __init__(self, knobs: EquinoxKnobs = EquinoxKnobs(), predictor=None, **kwargs):
@@ -94,15 +93,12 @@ class Equinox(Policy):
         self.predictor = predictor
         self.ufc: dict[str, float] = {}
         self.rfc: dict[str, float] = {}
-        self._queues: dict[str, deque[Request]] = {}
         # Backlogged clients, ordered by each counter (ties: first seen), and the counters' sums
         # over them: the lowest HF is found in O(log clients) for typical counter spreads.
         self._by_ufc = ClientHeap()
         self._by_rfc = ClientHeap()
         self._sum_ufc = self._sum_rfc = 0.0
         self._order: dict[str, int] = {}
-        self._last_left: str | None = None
-        self._waiting = 0
         self._charges: dict[int, _Charge] = {}
         self._head_since: dict[int, float] = {}  # request id -> when it became its client's head
         self._average: dict[str, float] = {}
@@ -114,10 +110,6 @@ class Equinox(Policy):
         self._changed: set[str] = set()  # clients whose counters moved since the last sample
         # Per-step charging and a budget that moves between steps need every step reported.
         self.exact_under_fast_forward = knobs.beta == 0 and not knobs.adaptive_budget
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
 
     # -- counters ----------------------------------------------------------------------
     def _add(self, client: str, ufc: float = 0.0, rfc: float = 0.0) -> None:
@@ -137,7 +129,10 @@ class Equinox(Policy):
         """Set a known client's counters (for tests and tools)."""
         self._add(client, ufc - self.ufc[client], rfc - self.rfc[client])
 
-    def _backlog(self, client: str) -> None:
+    def _backlog(self, client: str, req: Request, arrival: bool) -> None:
+        if arrival:
+            self._head_since[req.request_id] = req.arrival_s
+            self._lift(client)
         self._by_ufc.push(client, self.ufc[client])
         self._by_rfc.push(client, self.rfc[client])
         self._sum_ufc += self.ufc[client]
@@ -203,20 +198,12 @@ class Equinox(Policy):
                 return
 
     # -- queue -------------------------------------------------------------------------
-    def on_arrival(self, req: Request, now: float) -> bool:
-        client = req.client
-        queue = self._queues.get(client)
-        if queue is None:
-            queue = self._queues[client] = deque()
-            self.ufc[client] = self.rfc[client] = 0.0
-            self._order[client] = len(self._order)
-        queue.append(req)
-        self._waiting += 1
-        if len(queue) == 1:
-            self._head_since[req.request_id] = req.arrival_s
-            self._lift(client)
-            self._backlog(client)
-        return True
+    def _new_client(self, client: str) -> None:
+        self.ufc[client] = self.rfc[client] = 0.0
+        self._order[client] = len(self._order)
+
+    def _new_head(self, req: Request, now: float) -> None:
+        self._head_since.setdefault(req.request_id, now)
 
     def _lift(self, client: str) -> None:
         for counter, heap in ((self.ufc, self._by_ufc), (self.rfc, self._by_rfc)):
@@ -247,29 +234,6 @@ class Equinox(Policy):
             if fits(req):
                 return req
         return None
-
-    def admit(self, req: Request, now: float, resumed: bool) -> None:
-        client = req.client
-        queue = self._queues[client]
-        if queue[0] is req:
-            queue.popleft()
-        else:
-            queue.remove(req)
-        self._waiting -= 1
-        if not resumed:
-            self._charge_admission(req, now)
-        if queue:
-            self._head_since.setdefault(queue[0].request_id, now)
-        else:
-            self._unbacklog(client)
-            self._last_left = client
-
-    def requeue(self, req: Request) -> None:
-        queue = self._queues[req.client]
-        queue.appendleft(req)
-        self._waiting += 1
-        if len(queue) == 1:
-            self._backlog(req.client)
 
     # -- charges -----------------------------------------------------------------------
     def _g(self, latency: float, slo: float) -> float:

@@ -11,28 +11,19 @@ the artifact skips that case; we follow the paper.
 
 from __future__ import annotations
 
-from collections import deque
-
 from engine.request import Request
-from schedulers.base import Policy
+from schedulers.client_queues import ClientQueues
 from schedulers.heap import ClientHeap
 
 
-class VTC(Policy):
+class VTC(ClientQueues):
     name = "vtc"
     lift = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.counters: dict[str, float] = {}
-        self._queues: dict[str, deque[Request]] = {}
         self._backlogged = ClientHeap()  # backlogged clients keyed by counter
-        self._last_left: str | None = None
-        self._waiting = 0
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
 
     # -- charges: what VTC-predict and friends change -----------------------------
     def admission_charge(self, req: Request) -> float:
@@ -45,19 +36,19 @@ class VTC(Policy):
         return 0.0
 
     # -- queue ----------------------------------------------------------------------
-    def on_arrival(self, req: Request, now: float) -> bool:
-        client = req.client
-        queue = self._queues.get(client)
-        if queue is None:
-            queue = self._queues[client] = deque()
-            self.counters[client] = 0.0
-        queue.append(req)
-        self._waiting += 1
-        if len(queue) == 1:
-            if self.lift:
-                self._lift(client)
-            self._backlogged.push(client, self.counters[client])
-        return True
+    def _new_client(self, client: str) -> None:
+        self.counters[client] = 0.0
+
+    def _backlog(self, client: str, req: Request, arrival: bool) -> None:
+        if arrival and self.lift:
+            self._lift(client)
+        self._backlogged.push(client, self.counters[client])
+
+    def _unbacklog(self, client: str) -> None:
+        self._backlogged.remove(client)
+
+    def _charge_admission(self, req: Request, now: float) -> None:
+        self._charge(req.client, self.admission_charge(req) / req.weight)
 
     def _lift(self, client: str) -> None:
         if len(self._backlogged):
@@ -72,24 +63,6 @@ class VTC(Policy):
     def peek(self) -> Request | None:
         client = self._backlogged.peek()
         return None if client is None else self._queues[client][0]
-
-    def admit(self, req: Request, now: float, resumed: bool) -> None:
-        client = req.client
-        queue = self._queues[client]
-        queue.popleft()
-        self._waiting -= 1
-        if not resumed:
-            self._charge(client, self.admission_charge(req) / req.weight)
-        if not queue:
-            self._backlogged.remove(client)
-            self._last_left = client
-
-    def requeue(self, req: Request) -> None:
-        queue = self._queues[req.client]
-        queue.appendleft(req)
-        self._waiting += 1
-        if len(queue) == 1:
-            self._backlogged.push(req.client, self.counters[req.client])
 
     # -- counters -------------------------------------------------------------------
     def _charge(self, client: str, amount: float) -> None:
