@@ -82,14 +82,22 @@ def counters_table(policy) -> pa.Table | None:
     )
 
 
+def write_run_files(
+    directory: Path, requests: pa.Table, steps: pa.Table | None, config: dict, counters: pa.Table | None = None
+) -> None:
+    """Write a run's files into ``directory``; ``steps`` None when they were streamed there already."""
+    atomic_write_parquet(requests, directory / REQUESTS_FILE)
+    if steps is not None:
+        atomic_write_parquet(steps, directory / STEPS_FILE)
+    if counters is not None:
+        atomic_write_parquet(counters, directory / COUNTERS_FILE)
+    atomic_write_json(config, directory / RUN_FILE)
+
+
 def write_run(run_dir: Path, requests: pa.Table, steps: pa.Table, config: dict, counters: pa.Table | None = None):
     """Write one run directory; it appears whole or not at all."""
     with atomic_directory(run_dir) as tmp:
-        atomic_write_parquet(requests, tmp / REQUESTS_FILE)
-        atomic_write_parquet(steps, tmp / STEPS_FILE)
-        if counters is not None:
-            atomic_write_parquet(counters, tmp / COUNTERS_FILE)
-        atomic_write_json(config, tmp / RUN_FILE)
+        write_run_files(tmp, requests, steps, config, counters)
 
 
 def replay(
@@ -145,14 +153,10 @@ def replay(
             started = time.perf_counter()
             requests, _ = sim.run(workload, scheduler_name=name)
             wall = time.perf_counter() - started
-            atomic_write_parquet(requests, tmp / REQUESTS_FILE)
-            counters = counters_table(policy)
-            if counters is not None:
-                atomic_write_parquet(counters, tmp / COUNTERS_FILE)
-            atomic_write_json(
-                _run_record(name, spec, policy, seed, service, workload_record, engine_preset, config, sim.step, wall),
-                tmp / RUN_FILE,
+            record = _run_record(
+                name, spec, policy, seed, service, workload_record, engine_preset, config, sim.step, wall
             )
+            write_run_files(tmp, requests, None, record, counters_table(policy))
         if progress is not None:
             progress.update(task, completed=workload.num_rows)
         runs.append(run_dir)
