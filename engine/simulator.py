@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from engine.request import Request
 from engine.results import REQUEST_SCHEMA, STEP_SCHEMA
 from schedulers.base import Policy
+from traces.schema import column_lists
 
 MAX_STRETCH = 4096
 
@@ -155,15 +156,9 @@ class Simulator:
         self.finished = 0
         self._last_dt = float("inf")
 
-        cols = workload.select(["request_id", "client_id", "arrival_s", "prompt_tokens", "output_tokens", "weight"])
-        ids = cols.column("request_id").to_pylist()
-        clients = cols.column("client_id").to_pylist()
-        arrivals = cols.column("arrival_s").to_pylist()
-        prompts = cols.column("prompt_tokens").to_pylist()
-        outputs = cols.column("output_tokens").to_pylist()
-        weights = cols.column("weight").to_pylist()
-        texts = workload.column("prompt").to_pylist()
-        reqs = [Request(*row) for row in zip(ids, clients, arrivals, prompts, outputs, weights, texts)]
+        columns = column_lists(workload)  # Request's positional arguments, in order
+        arrivals = columns[2]
+        reqs = [Request(*row) for row in zip(*columns)]
         self._loop(reqs, arrivals)
         return self._request_table(workload, reqs, scheduler_name or self.policy.name), self.log.close()
 

@@ -42,6 +42,7 @@ from engine.results import STEP_SCHEMA, atomic_write_parquet
 from serving.bridge import TENANT_KEY, WEIGHT_KEY
 from serving.results import requests_in_workload_order, workload_record
 from traces.errors import InputError
+from traces.schema import column_lists
 
 CLIENT_FILE = "client.parquet"
 CLIENT_SCHEMA = pa.schema(
@@ -268,13 +269,7 @@ def replay_endpoint(
         kv_capacity = kv_capacity_from_metrics(target, 10.0, any_key)
     path = f"{target.prefix}/chat/completions" if options.route == "chat" else f"{target.prefix}/completions"
 
-    ids = workload.column("request_id").to_pylist()
-    clients = workload.column("client_id").to_pylist()
-    arrivals = workload.column("arrival_s").to_pylist()
-    prompts = workload.column("prompt_tokens").to_pylist()
-    outputs = workload.column("output_tokens").to_pylist()
-    weights = workload.column("weight").to_pylist()
-    texts = workload.column("prompt").to_pylist()
+    ids, clients, arrivals, prompts, outputs, weights, texts = column_lists(workload)
     n = len(ids)
     rng = np.random.default_rng(seed)
 

@@ -28,6 +28,7 @@ from serving.bridge import ROW_KEY, TENANT_KEY, WEIGHT_KEY, ServingSettings
 from serving.logs import shift_times
 from serving.results import requests_in_workload_order, workload_record
 from traces.errors import InputError
+from traces.schema import REPLAY_COLUMNS, column_lists
 
 ADAPTER = "serving.vllm_adapter.FairScheduler"
 
@@ -124,12 +125,7 @@ def run_one(engine, scheduler, workload: pa.Table, settings: ServingSettings, *,
     vocab = int(model_config.get_vocab_size())
     rng = np.random.default_rng(seed)
 
-    ids = workload.column("request_id").to_pylist()
-    clients = workload.column("client_id").to_pylist()
-    arrivals = workload.column("arrival_s").to_pylist()
-    prompts = workload.column("prompt_tokens").to_pylist()
-    outputs = workload.column("output_tokens").to_pylist()
-    weights = workload.column("weight").to_pylist()
+    ids, clients, arrivals, prompts, outputs, weights = column_lists(workload, REPLAY_COLUMNS[:6])
     n = len(ids)
 
     submitted = done = 0

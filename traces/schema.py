@@ -84,6 +84,15 @@ def _optional_column(values, type: pa.DataType, n: int, order: np.ndarray):
     return values.cast(type).take(order)
 
 
+# The per-request columns the replay loops read, in the order ``column_lists`` returns them.
+REPLAY_COLUMNS = ("request_id", "client_id", "arrival_s", "prompt_tokens", "output_tokens", "weight", "prompt")
+
+
+def column_lists(table: pa.Table, names=REPLAY_COLUMNS) -> list[list]:
+    """The named columns as Python lists (loops over requests index them row by row)."""
+    return [table.column(name).to_pylist() for name in names]
+
+
 def with_metadata(table: pa.Table, info: dict) -> pa.Table:
     """Attach provenance (source, options, tokenizer, seed) as JSON in the schema metadata."""
     meta = dict(table.schema.metadata or {})
