@@ -220,9 +220,8 @@ class Simulator:
         self.step += 1
 
     # -- one step --------------------------------------------------------------------
-    def _chunk(self, req: Request, budget: int) -> int:
-        """Tokens a request would compute this step within ``budget`` (0: it cannot run)."""
-        pending = req.pending
+    def _chunk(self, pending: int, budget: int) -> int:
+        """Tokens a request with ``pending`` tokens would compute within ``budget`` (0: it cannot run)."""
         if pending <= budget:
             return pending
         return budget if self.config.chunked_prefill else 0
@@ -249,7 +248,7 @@ class Simulator:
                 n = 1
                 need = 1 if req.computed % bs == 0 else 0
             else:
-                n = self._chunk(req, budget)
+                n = self._chunk(req.pending, budget)
                 if n == 0:
                     continue
                 need = _ceil_div(req.computed + n, bs) - req.blocks
@@ -346,7 +345,7 @@ class Simulator:
         admitted = 0
 
         def fits(req: Request) -> bool:
-            n = self._chunk(req, budget)
+            n = self._chunk(req.pending, budget)
             return n > 0 and _ceil_div(n, self.bs) <= self.free
 
         while len(running) < cfg.max_running and budget > 0:
@@ -356,7 +355,7 @@ class Simulator:
             resumed = req.admitted_s is not None
             self.policy.admit(req, now, resumed)
             self.waiting_tokens -= req.pending
-            n = self._chunk(req, budget)
+            n = self._chunk(req.pending, budget)
             need = _ceil_div(n, self.bs)
             self.free -= need
             req.blocks = need
@@ -411,7 +410,7 @@ class Simulator:
         if not heap:
             return True
         easiest = heap[0][0]
-        n = easiest if easiest <= budget else (budget if cfg.chunked_prefill else 0)
+        n = self._chunk(easiest, budget)
         return n == 0 or _ceil_div(n, self.bs) > self.free - decode_blocks_first_step
 
     def _stretch(self, now: float, next_arrival: float) -> float | None:
