@@ -23,6 +23,7 @@ turned into a step time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, Union
@@ -120,6 +121,12 @@ def prefill_attn_pairs(chunk_len: ArrayLike, context_before: ArrayLike = 0) -> A
     return _ret(out)
 
 
+def _scalars(*values) -> bool:
+    """All plain Python numbers: the step path evaluates one step in plain floats, the same
+    operations in the same order as the numpy path (numpy's overhead would dominate a step)."""
+    return all(type(v) in (int, float) for v in values)
+
+
 def _ret(x: np.ndarray) -> ArrayLike:
     """Scalars in, float out; arrays in, array out."""
     return float(x) if np.ndim(x) == 0 else x
@@ -136,7 +143,13 @@ def roofline(compute_s: ArrayLike, memory_s: ArrayLike, p: float = np.inf) -> np
     m = np.asarray(memory_s, dtype=float)
     if np.isinf(p):
         return np.maximum(c, m)
-    return (c**p + m**p) ** (1.0 / p)
+    if p == 2.0:
+        return np.sqrt(c * c + m * m)
+    # numpy's vectorised pow may round differently from one element at a time: go through libm
+    # for every element, so a step costs the same alone (the step path) or in a stretch.
+    both = np.broadcast_arrays(c, m)
+    out = [(x**p + y**p) ** (1.0 / p) for x, y in zip(both[0].ravel().tolist(), both[1].ravel().tolist())]
+    return np.array(out, dtype=float).reshape(both[0].shape)
 
 
 def model_flops(
@@ -147,6 +160,10 @@ def model_flops(
     decode_kv_tokens: ArrayLike,
 ) -> ArrayLike:
     """Model FLOPs of a step: 2 FLOPs per linear weight per token, 4*d_model per layer per query-key pair."""
+    if _scalars(prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens):
+        tokens = float(prefill_tokens) + float(decode_tokens)
+        pairs = float(prefill_attn_pairs) + float(decode_kv_tokens)
+        return 2.0 * model.linear_params * tokens + 4.0 * model.d_model * model.n_layers * pairs
     tokens = np.asarray(prefill_tokens, dtype=float) + np.asarray(decode_tokens, dtype=float)
     pairs = np.asarray(prefill_attn_pairs, dtype=float) + np.asarray(decode_kv_tokens, dtype=float)
     out = 2.0 * model.linear_params * tokens + 4.0 * model.d_model * model.n_layers * pairs
@@ -218,6 +235,9 @@ class RooflineCostModel:
         decode_kv_tokens: ArrayLike,
         num_requests: ArrayLike,
     ) -> ArrayLike:
+        if _scalars(prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens, num_requests):
+            return self._step_time_scalar(prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens,
+                                          num_requests)  # fmt: skip
         tokens = np.asarray(prefill_tokens, dtype=float) + np.asarray(decode_tokens, dtype=float)
         t = (
             np.asarray(self.linear_time(tokens))
@@ -226,6 +246,25 @@ class RooflineCostModel:
             + self.request_overhead_s * np.asarray(num_requests, dtype=float)
         )
         return _ret(np.where(tokens > 0, t, 0.0))
+
+    def _step_time_scalar(self, prefill_tokens, pairs, decode_tokens, decode_kv, num_requests) -> float:
+        """``step_time`` of one step in plain floats, operation for operation."""
+        tokens = float(prefill_tokens) + float(decode_tokens)
+        if not tokens > 0:
+            return 0.0
+        m, hw = self.model, self.hardware
+        compute = 2.0 * m.linear_params * tokens / (self.peak_flops * self.compute_efficiency)
+        memory = m.linear_params * m.bytes_per_param / (self.tp * hw.mem_bandwidth * self.memory_efficiency)
+        p = self.roofline_p
+        if math.isinf(p):
+            linear = max(compute, memory)
+        elif p == 2.0:
+            linear = math.sqrt(compute * compute + memory * memory)
+        else:
+            linear = (compute**p + memory**p) ** (1.0 / p)
+        prefill = 4.0 * m.d_model * m.n_layers * float(pairs) / (self.peak_flops * self.attention_efficiency)
+        decode = m.kv_bytes_per_token * float(decode_kv) / (self.tp * hw.mem_bandwidth * self.memory_efficiency)
+        return linear + (prefill + decode) + self.step_overhead_s + self.request_overhead_s * float(num_requests)
 
     def step_flops(
         self,
@@ -318,6 +357,11 @@ class VTCProfileCostModel:
         num_requests: ArrayLike,
     ) -> ArrayLike:
         a, b, _, _, e = self.coefficients_ms
+        if _scalars(prefill_tokens, decode_tokens, decode_kv_tokens, num_requests):
+            p, dec = float(prefill_tokens), float(decode_tokens)
+            n_prefill = max(float(num_requests) - dec, 0.0)
+            ms = a * p + e * n_prefill + b * dec + self.kv_coefficient_ms * float(decode_kv_tokens)
+            return max(self.min_step_s, ms / 1000.0) if p + dec > 0 else 0.0
         p = np.asarray(prefill_tokens, dtype=float)
         dec = np.asarray(decode_tokens, dtype=float)
         kv = np.asarray(decode_kv_tokens, dtype=float)

@@ -19,6 +19,7 @@ class Request:
         "output_tokens",
         "weight",
         "prompt",  # prompt text, when the workload has it (predictors may read it)
+        "row",  # position in the workload (engines that keep their batch in arrays index by it)
         # progress
         "computed",  # tokens (prompt, then output) whose KV is computed
         "generated",  # output tokens produced
@@ -43,6 +44,7 @@ class Request:
         self.output_tokens = output_tokens
         self.weight = weight
         self.prompt = prompt
+        self.row = None
         self.computed = 0
         self.generated = 0
         self.blocks = 0

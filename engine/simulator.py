@@ -8,10 +8,13 @@ policy for waiting requests while the batch has room (request cap, token budget,
 KV blocks for the scheduled tokens).  The step's time comes from the cost model;
 tokens, first tokens and completions land at the end of the step.
 
-Stretches of pure decode steps in which nothing can change but token counts (no
-arrival, admission, completion or preemption is possible) are advanced in one
-vectorised move; ``fast_forward=False`` runs them step by step, with identical
-results (a test proves it).
+The running batch lives in numpy arrays (one column per request, admission order), so
+a step costs a fixed number of array operations however large the batch; the policy is
+told about requests one by one only when they arrive, are admitted, preempted or finish
+(and per step for policies that charge per request).  Stretches of pure decode steps in
+which nothing can change but token counts (no arrival, admission, completion or
+preemption is possible) are advanced in one move; ``fast_forward=False`` runs them step
+by step, with identical results (a test proves it).
 """
 
 from __future__ import annotations
@@ -66,15 +69,14 @@ class _StepLog:
     FLUSH_ROWS = 1 << 16
 
     def __init__(self, path=None) -> None:
-        self.cols: dict[str, list] = {f.name: [] for f in STEP_SCHEMA}
+        self.pending: list[dict] = []  # rows not yet in a chunk
         self.chunks: list[dict[str, np.ndarray]] = []
         self.buffered = 0
         self.rows = 0
         self.writer = None if path is None else pq.ParquetWriter(path, STEP_SCHEMA, compression="zstd")
 
     def row(self, **values) -> None:
-        for name, col in self.cols.items():
-            col.append(values[name])
+        self.pending.append(values)
         self.buffered += 1
         if self.writer is not None and self.buffered >= self.FLUSH_ROWS:
             self._write()
@@ -87,9 +89,10 @@ class _StepLog:
             self._write()
 
     def _flush_rows(self) -> None:
-        if self.cols["step"]:
-            self.chunks.append({k: np.asarray(v) for k, v in self.cols.items()})
-            self.cols = {f.name: [] for f in STEP_SCHEMA}
+        if self.pending:
+            rows = self.pending
+            self.chunks.append({f.name: np.asarray([r[f.name] for r in rows]) for f in STEP_SCHEMA})
+            self.pending = []
 
     def _table(self) -> pa.Table:
         self._flush_rows()
@@ -124,6 +127,40 @@ class _StepLog:
         return None
 
 
+# Rows of the running batch's int64 array: one column per running request, admission order.
+ROW, CLIENT, PROMPT, OUTPUT, COMPUTED, GENERATED, BLOCKS, DECODING = range(8)
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class _Batch:
+    """The running requests, admission order, as columns of one int64 array (and their weights).
+
+    ``a[FIELD, :n]`` is a field of every running request; ``blocks == ceil(computed / block)``
+    always holds (a request holds exactly the blocks its computed tokens fill).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.a = np.zeros((8, max(1, capacity)), dtype=np.int64)
+        self.weight = np.zeros(max(1, capacity))
+        self.n = 0
+
+    def append(self, values: tuple, weight: float) -> int:
+        if self.n == self.a.shape[1]:
+            self.a = np.concatenate((self.a, np.zeros_like(self.a)), axis=1)
+            self.weight = np.concatenate((self.weight, np.zeros_like(self.weight)))
+        self.a[:, self.n] = values
+        self.weight[self.n] = weight
+        self.n += 1
+        return self.n - 1
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep the requests where ``mask`` (over the first n) is True, in order."""
+        m = int(np.count_nonzero(mask))
+        self.a[:, :m] = self.a[:, : self.n][:, mask]
+        self.weight[:m] = self.weight[: self.n][mask]
+        self.n = m
+
+
 class Simulator:
     """Replays one workload under one policy.  ``run`` returns (requests, steps) tables."""
 
@@ -141,6 +178,9 @@ class Simulator:
         self.policy = policy
         self.progress = progress
         self.steps_path = steps_path  # stream steps.parquet here instead of returning it
+        kind = type(policy)
+        self._charges_tokens = kind.on_tokens is not Policy.on_tokens
+        self._wants_steps = kind.on_step is not Policy.on_step
 
     # -- set-up --------------------------------------------------------------------
     def run(self, workload: pa.Table, scheduler_name: str | None = None) -> tuple[pa.Table, pa.Table | None]:
@@ -148,7 +188,7 @@ class Simulator:
         cfg = self.config
         self.bs = cfg.block_size
         self.free = cfg.total_blocks
-        self.running: list[Request] = []
+        self.batch = _Batch(min(cfg.max_running, 1024))
         self.waiting_tokens = 0
         self._min_pending: list = []  # lazy heap of (pending, id, req) over waiting requests
         self.log = _StepLog(self.steps_path)
@@ -158,7 +198,12 @@ class Simulator:
 
         columns = column_lists(workload)  # Request's positional arguments, in order
         arrivals = columns[2]
-        reqs = [Request(*row) for row in zip(*columns)]
+        self.reqs = reqs = [Request(*row) for row in zip(*columns)]
+        codes: dict[str, int] = {}
+        self._code = [codes.setdefault(c, len(codes)) for c in columns[1]]  # client code per row
+        self._client_names = list(codes)
+        for i, req in enumerate(reqs):
+            req.row = i
         self._loop(reqs, arrivals)
         return self._request_table(workload, reqs, scheduler_name or self.policy.name), self.log.close()
 
@@ -168,11 +213,12 @@ class Simulator:
         nxt = 0
         now = 0.0
         policy = self.policy
+        batch = self.batch
         while True:
             while nxt < n and arrivals[nxt] <= now:
                 self._arrive(reqs[nxt], now)
                 nxt += 1
-            if not self.running and policy.waiting == 0:
+            if not batch.n and policy.waiting == 0:
                 if nxt >= n:
                     break
                 gap_end = arrivals[nxt]
@@ -189,7 +235,7 @@ class Simulator:
 
     def _arrive(self, req: Request, now: float) -> None:
         kv_used = 1.0 - self.free / self.config.total_blocks
-        req.arrival_state = (self.policy.waiting, self.waiting_tokens, len(self.running), kv_used)
+        req.arrival_state = (self.policy.waiting, self.waiting_tokens, self.batch.n, kv_used)
         if not self._can_ever_run(req) or not self.policy.on_arrival(req, now):
             req.status = "rejected"
             self.finished += 1
@@ -228,148 +274,237 @@ class Simulator:
 
     def _step(self, now: float) -> float:
         cfg = self.config
-        bs = self.bs
+        batch = self.batch
         budget = step_budget = self.policy.token_budget(cfg.max_batch_tokens)
-        scheduled: list[tuple[Request, int]] = []  # (request, tokens this step)
         preempted = 0
-        running = self.running
-        # vLLM schedules running requests in admission order; stall-free (Sarathi-Serve) takes
-        # every decode first, then partial prefills.  Either way the victim of a preemption is
-        # the most recently admitted request.
-        order = running
-        if cfg.stall_free:
-            order = [r for r in running if r.decoding] + [r for r in running if not r.decoding]
-        for req in order:
-            if budget <= 0:
-                break
-            if req.status != "running":  # preempted earlier in this step
-                continue
-            if req.decoding:  # one token; a new block when the computed ones fill theirs
-                n = 1
-                need = 1 if req.computed % bs == 0 else 0
-            else:
-                n = self._chunk(req.pending, budget)
-                if n == 0:
-                    continue
-                need = _ceil_div(req.computed + n, bs) - req.blocks
-            if need > self.free:
-                budget, victims = self._make_room(req, need, scheduled, budget)
-                preempted += victims
-                if req.status != "running":
-                    break
-            self.free -= need
-            req.blocks += need
-            scheduled.append((req, n))
-            budget -= n
+        planned = self._schedule_running(budget)
+        if planned is None:  # a block shortage (preemption) or a prefill that must wait its turn
+            pos, tokens, preempted = self._schedule_running_in_order(budget)
+        else:
+            pos, tokens = planned  # pos None: the first len(tokens) positions, in order
+        budget = step_budget - int(tokens.sum())
 
         admitted = 0
-        if not preempted and (self.step % cfg.admit_every == 0 or not running):
-            admitted, budget = self._admit(now, budget, scheduled)
-        if not scheduled:
+        if not preempted and (self.step % cfg.admit_every == 0 or not batch.n):
+            first = batch.n
+            admitted_tokens = self._admit(now, budget)
+            admitted = len(admitted_tokens)
+            if admitted:
+                if pos is not None:
+                    pos = np.concatenate((pos, np.arange(first, batch.n)))
+                tokens = np.concatenate((tokens, admitted_tokens))
+        m = len(tokens)
+        if not m:
             raise RuntimeError(f"engine stalled at t={now:.3f}s: nothing could be scheduled")
+        a = batch.a
+        cols = a[:, :m] if pos is None else a[:, pos]  # a view, or a copy written back below
 
         # cost of the step
-        prefill_tokens = prefill_pairs = decode_tokens = decode_kv = prefill_reqs = 0
-        for req, n in scheduled:
-            if req.decoding:
-                decode_tokens += 1
-                decode_kv += req.computed + 1
-            else:
-                prefill_reqs += 1
-                prefill_tokens += n
-                prefill_pairs += n * (req.computed + (n + 1) / 2)
-        dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, len(scheduled)))
+        decoding = cols[DECODING] != 0
+        computed = cols[COMPUTED]
+        decode_tokens = int(np.count_nonzero(decoding))
+        prefill_reqs = m - decode_tokens
+        if prefill_reqs:
+            prefill = ~decoding
+            chunks = tokens[prefill]
+            prefill_tokens = int(chunks.sum())
+            prefill_pairs = float((chunks * (computed[prefill] + (chunks + 1) / 2)).sum())
+            decode_kv = int(computed[decoding].sum()) + decode_tokens
+        else:
+            prefill_tokens, prefill_pairs = 0, 0.0
+            decode_kv = int(computed.sum()) + decode_tokens
+        dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, m))
         self._last_dt = dt
-        self.policy.on_step(now, dt, scheduled)
+        if self._wants_steps:
+            reqs = self.reqs
+            self.policy.on_step(now, dt, [(reqs[r], n) for r, n in zip(cols[ROW].tolist(), tokens.tolist())])
         flops = self.cost.step_flops(prefill_tokens, prefill_pairs, decode_tokens, decode_kv)
         end = now + dt
 
-        produced = []
-        done = []
-        for req, n in scheduled:
-            if req.decoding:
-                req.computed += 1
-                req.generated += 1
-            else:
-                req.computed += n
-                if req.computed < req.prompt_tokens + req.generated:
-                    continue  # a prefill chunk that produced no token
-                req.generated += 1
-                req.decoding = True
-                if req.first_token_s is None:
-                    req.first_token_s = end
-            produced.append(req)
-            if req.generated >= req.output_tokens:
-                done.append(req)
-        if produced:
-            self.policy.on_tokens(produced, 1)
-        if done:
-            self._finish(done, end)
+        # tokens land: a decode produces one; a prefill chunk that completes the prompt (or the
+        # recompute after a preemption) produces the first (or next) token
+        computed += tokens
+        generated = cols[GENERATED]
+        produced = None  # None: every scheduled request produced a token
+        if prefill_reqs:
+            first = prefill & (computed >= cols[PROMPT] + generated)
+            if first.any():
+                cols[DECODING, first] = 1
+                reqs = self.reqs
+                for r in cols[ROW, first].tolist():
+                    if reqs[r].first_token_s is None:
+                        reqs[r].first_token_s = end
+            produced = decoding | first
+            generated += produced
+        else:
+            generated += 1
+        done = generated >= cols[OUTPUT]
+        if pos is not None:
+            a[:, pos] = cols
+        where = np.arange(m) if pos is None else pos
+        if produced is None:
+            self._charge_tokens(slice(0, m) if pos is None else pos, 1)
+        else:
+            done &= produced
+            if produced.any():
+                self._charge_tokens(where[produced], 1)
+        finished = int(np.count_nonzero(done))
+        if finished:
+            self._finish(where[done], end)
 
         self.log.row(
             step=self.step, start_s=now, duration_s=dt, busy=True,
             prefill_tokens=prefill_tokens, decode_tokens=decode_tokens,
             prefill_requests=prefill_reqs, decode_requests=decode_tokens,
-            running=len(scheduled), waiting=self.policy.waiting, admitted=admitted,
-            finished=len(done), preempted=preempted,
-            kv_used_tokens=(cfg.total_blocks - self.free) * bs,
-            kv_capacity_tokens=cfg.total_blocks * bs, token_budget=step_budget,
+            running=m, waiting=self.policy.waiting, admitted=admitted,
+            finished=finished, preempted=preempted,
+            kv_used_tokens=(cfg.total_blocks - self.free) * self.bs,
+            kv_capacity_tokens=cfg.total_blocks * self.bs, token_budget=step_budget,
             flops=float(flops),
         )  # fmt: skip
         self.step += 1
         return end
 
-    def _make_room(self, req: Request, need: int, scheduled: list, budget: int) -> tuple[int, int]:
-        """Preempt the most recently admitted requests until ``need`` blocks are free.
+    def _running_order(self) -> np.ndarray:
+        """Positions in scheduling order: admission order; stall-free takes every decode first."""
+        n = self.batch.n
+        if not self.config.stall_free:
+            return np.arange(n)
+        decoding = self.batch.a[DECODING, :n] != 0
+        return np.concatenate((np.flatnonzero(decoding), np.flatnonzero(~decoding)))
 
-        Stops when ``req`` itself is the victim.  A victim already scheduled this step (only
-        possible in stall-free order) gives its tokens back.  Returns (budget, victims).
+    def _schedule_running(self, budget: int) -> tuple[np.ndarray | None, np.ndarray] | None:
+        """Schedule the running requests in one vectorised move: (positions, tokens), positions
+        None when they are all scheduled in admission order.
+
+        None when the in-order walk is needed instead: the KV cache cannot hold the step's new
+        blocks (someone is preempted), or, without chunked prefill, a prefill does not fit the
+        budget (it is skipped and later requests may still fit).
         """
-        victims = 0
-        while need > self.free:
-            victim = self.running.pop()
-            for i, (r, n) in enumerate(scheduled):
-                if r is victim:
-                    del scheduled[i]
-                    budget += n
-                    break
-            self._preempt(victim)
-            victims += 1
-            if victim is req:
-                break
-        return budget, victims
+        batch = self.batch
+        n = batch.n
+        if not n:
+            return None, _EMPTY
+        a = batch.a
+        pending = a[PROMPT, :n] + a[GENERATED, :n] - a[COMPUTED, :n]  # 1 for a decode
+        if self.config.stall_free and not a[DECODING, :n].all():
+            order = self._running_order()
+            pending = pending[order]
+        else:
+            order = None
+        total = int(pending.sum())
+        if total <= budget:
+            pos, tokens = order, pending
+        elif self.config.chunked_prefill:  # each takes what the budget has left, in order
+            ends = np.cumsum(pending)
+            tokens = np.clip(budget - (ends - pending), 0, pending)
+            take = tokens > 0
+            pos = (np.arange(n) if order is None else order)[take]
+            tokens = tokens[take]
+        else:
+            return None
+        if pos is None:
+            need = (a[COMPUTED, :n] + pending + self.bs - 1) // self.bs - a[BLOCKS, :n]
+        else:
+            need = (a[COMPUTED, pos] + tokens + self.bs - 1) // self.bs - a[BLOCKS, pos]
+        total = int(need.sum())
+        if total > self.free:
+            return None
+        self.free -= total
+        if pos is None:
+            a[BLOCKS, :n] += need
+        else:
+            a[BLOCKS, pos] += need
+        return pos, tokens
 
-    def _admit(self, now: float, budget: int, scheduled: list) -> tuple[int, int]:
+    def _schedule_running_in_order(self, budget: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Schedule the running requests one by one, preempting the most recently admitted
+        until each one's new blocks fit: (positions, tokens, preempted).
+
+        A victim already scheduled this step (only possible in stall-free order) gives its
+        tokens back; the walk stops when the request being scheduled is itself the victim.
+        """
+        batch = self.batch
+        a = batch.a
+        bs = self.bs
+        scheduled: list[list[int]] = []  # [position, tokens]
+        preempted = 0
+        for p in self._running_order().tolist():
+            if budget <= 0:
+                break
+            if p >= batch.n:  # preempted earlier in this step
+                continue
+            computed = int(a[COMPUTED, p])
+            if a[DECODING, p]:
+                n = 1
+                need = 1 if computed % bs == 0 else 0
+            else:
+                n = self._chunk(int(a[PROMPT, p] + a[GENERATED, p]) - computed, budget)
+                if n == 0:
+                    continue
+                need = _ceil_div(computed + n, bs) - int(a[BLOCKS, p])
+            while need > self.free:
+                victim = batch.n - 1
+                for i, (q, m) in enumerate(scheduled):
+                    if q == victim:
+                        del scheduled[i]
+                        budget += m
+                        break
+                self._preempt_last()
+                preempted += 1
+                if victim == p:
+                    break
+            if p >= batch.n:
+                break
+            self.free -= need
+            a[BLOCKS, p] += need
+            scheduled.append([p, n])
+            budget -= n
+        if not scheduled:
+            return _EMPTY, _EMPTY, preempted
+        pos, tokens = np.array(scheduled, dtype=np.int64).T
+        return pos, tokens, preempted
+
+    def _admit(self, now: float, budget: int) -> list[int]:
+        """Admit waiting requests while the batch has room; the tokens each computes this step."""
         cfg = self.config
-        running = self.running
-        admitted = 0
+        batch = self.batch
+        bs = self.bs
+        tokens: list[int] = []
 
         def fits(req: Request) -> bool:
             n = self._chunk(req.pending, budget)
-            return n > 0 and _ceil_div(n, self.bs) <= self.free
+            return n > 0 and _ceil_div(n, bs) <= self.free
 
-        while len(running) < cfg.max_running and budget > 0:
+        while batch.n < cfg.max_running and budget > 0:
             req = self.policy.select(fits)
             if req is None:
                 break
             resumed = req.admitted_s is not None
             self.policy.admit(req, now, resumed)
-            self.waiting_tokens -= req.pending
-            n = self._chunk(req.pending, budget)
-            need = _ceil_div(n, self.bs)
+            pending = req.pending
+            self.waiting_tokens -= pending
+            n = self._chunk(pending, budget)
+            need = _ceil_div(n, bs)
             self.free -= need
-            req.blocks = need
             req.status = "running"
             if not resumed:
                 req.admitted_s = now
-            running.append(req)
-            scheduled.append((req, n))
+            row = req.row
+            values = (row, self._code[row], req.prompt_tokens, req.output_tokens, 0, req.generated, need, 0)
+            batch.append(values, req.weight)
+            tokens.append(n)
             budget -= n
-            admitted += 1
-        return admitted, budget
+        return tokens
 
-    def _preempt(self, req: Request) -> None:
-        self.free += req.blocks
+    def _preempt_last(self) -> None:
+        """Preempt the most recently admitted request: its KV is dropped, it waits again."""
+        batch = self.batch
+        p = batch.n - 1
+        req = self.reqs[int(batch.a[ROW, p])]
+        self.free += int(batch.a[BLOCKS, p])
+        batch.n = p
+        req.generated = int(batch.a[GENERATED, p])
         req.blocks = 0
         req.computed = 0
         req.decoding = False
@@ -377,16 +512,44 @@ class Simulator:
         self._enqueue(req)
         self.policy.requeue(req)
 
-    def _finish(self, done: list[Request], end: float) -> None:
-        for req in done:
+    def _charge_tokens(self, pos: np.ndarray, k: int) -> None:
+        """Tell the policy that the requests at ``pos`` produced ``k`` output tokens each."""
+        if not self._charges_tokens:
+            return
+        batch = self.batch
+        price = self.policy.token_price()
+        if price is not None:  # the same price for every token: sum per client in one pass
+            codes = batch.a[CLIENT, pos]
+            amounts = np.bincount(codes, weights=(price * k) / batch.weight[pos])
+            clients = np.flatnonzero(amounts)
+            names = self._client_names
+            self.policy.on_client_tokens(
+                {names[c]: amount for c, amount in zip(clients.tolist(), amounts[clients].tolist())}
+            )
+            return
+        reqs = [self.reqs[r] for r in batch.a[ROW, pos].tolist()]
+        for req, generated in zip(reqs, batch.a[GENERATED, pos].tolist()):
+            req.generated = generated
+        self.policy.on_tokens(reqs, k)
+
+    def _finish(self, pos: np.ndarray, end: float) -> None:
+        batch = self.batch
+        a = batch.a
+        self.free += int(a[BLOCKS, pos].sum())
+        policy = self.policy
+        reqs = self.reqs
+        for r, computed, generated in zip(a[ROW, pos].tolist(), a[COMPUTED, pos].tolist(), a[GENERATED, pos].tolist()):
+            req = reqs[r]
+            req.computed = computed
+            req.generated = generated
+            req.decoding = True
             req.finish_s = end
             req.status = "finished"
-            self.free += req.blocks
-            req.blocks = 0
-            self.policy.on_finish(req, end)
-        finished = set(map(id, done))
-        self.running = [r for r in self.running if id(r) not in finished]
-        self.finished += len(done)
+            policy.on_finish(req, end)
+        keep = np.ones(batch.n, dtype=bool)
+        keep[pos] = False
+        batch.keep(keep)
+        self.finished += len(pos)
         if self.progress is not None:
             self.progress(self.finished)
 
@@ -399,9 +562,10 @@ class Simulator:
         the first step, no waiting request fits at any step of it.
         """
         cfg = self.config
-        if self.policy.waiting == 0 or len(self.running) >= cfg.max_running:
+        running = self.batch.n
+        if self.policy.waiting == 0 or running >= cfg.max_running:
             return True
-        budget = cfg.max_batch_tokens - len(self.running)
+        budget = cfg.max_batch_tokens - running
         if budget <= 0:
             return True
         heap = self._min_pending
@@ -415,31 +579,29 @@ class Simulator:
 
     def _stretch(self, now: float, next_arrival: float) -> float | None:
         """Advance k >= 1 pure decode steps in one move; None when not possible."""
-        running = self.running
+        batch = self.batch
         cfg = self.config
-        r = len(running)
-        if r > cfg.max_batch_tokens:
-            return None
-        bs = self.bs
-        k = MAX_STRETCH
-        first = 0  # blocks the first step needs: requests whose computed tokens fill their blocks
-        for req in running:
-            if not req.decoding:
-                return None
-            left = req.output_tokens - req.generated
-            if left < k:
-                k = left
-            if req.computed % bs == 0:
-                first += 1
-        if first > self.free or not self._admission_blocked(first):
+        r = batch.n
+        if not r or r > cfg.max_batch_tokens:
             return None
         # Size the stretch by the time to the next arrival at the last step's pace (steps only
         # lengthen during a stretch).  A shorter stretch is always exact: the loop continues.
+        k = MAX_STRETCH
         if next_arrival != float("inf"):
             k = min(k, int((next_arrival - now) / self._last_dt) + 1)
+            if k < 2:  # the cheap test first: under load an arrival comes every few steps
+                return None
+        a = batch.a
+        if not a[DECODING, :r].all():
+            return None
+        bs = self.bs
+        computed = a[COMPUTED, :r]
+        first = int(np.count_nonzero(computed % bs == 0))  # requests whose next token needs a block
+        if first > self.free or not self._admission_blocked(first):
+            return None
+        k = min(k, int((a[OUTPUT, :r] - a[GENERATED, :r]).min()))
         if k < 2:
             return None
-        computed = np.fromiter((req.computed for req in running), dtype=np.int64, count=r)
         # Request i needs a new block at steps j = f_i, f_i + bs, ... with f_i in 1..bs
         # (the steps where computed + j - 1 is a multiple of bs); count requests per f.
         per_offset = np.bincount((bs - computed % bs) % bs, minlength=bs)  # index f - 1
@@ -465,21 +627,22 @@ class Simulator:
         j, dt, decode_kv, needs = j[:k], dt[:k], decode_kv[:k], needs[:k]
         used_before = cfg.total_blocks - self.free
 
-        for req in running:
-            req.computed += k
-            req.generated += k
-            req.blocks = _ceil_div(req.computed, bs)
+        a[COMPUTED, :r] += k
+        a[GENERATED, :r] += k
+        a[BLOCKS, :r] = (a[COMPUTED, :r] + bs - 1) // bs
         self.free -= int(needs[-1])
-        self.policy.on_tokens(running, k)
-        done = [req for req in running if req.generated >= req.output_tokens]
-        if done:
-            self._finish(done, end)
+        everyone = np.arange(r)
+        self._charge_tokens(everyone, k)
+        done = a[GENERATED, :r] >= a[OUTPUT, :r]
+        finished = int(np.count_nonzero(done))
+        if finished:
+            self._finish(everyone[done], end)
         kv_used = (used_before + needs) * bs
         kv_used[-1] = (cfg.total_blocks - self.free) * bs  # after the last step's completions
 
         flops = np.broadcast_to(self.cost.step_flops(0, 0, r, decode_kv), (k,)).astype(np.float64)
-        finished = np.zeros(k, dtype=np.int64)
-        finished[-1] = len(done)
+        finished_col = np.zeros(k, dtype=np.int64)
+        finished_col[-1] = finished
         zeros = np.zeros(k, dtype=np.int64)
 
         def full(value):
@@ -490,7 +653,7 @@ class Simulator:
                 "step": self.step + j - 1, "start_s": starts[:k], "duration_s": dt,
                 "busy": np.ones(k, dtype=bool), "prefill_tokens": zeros, "decode_tokens": full(r),
                 "prefill_requests": zeros, "decode_requests": full(r), "running": full(r),
-                "waiting": full(self.policy.waiting), "admitted": zeros, "finished": finished,
+                "waiting": full(self.policy.waiting), "admitted": zeros, "finished": finished_col,
                 "preempted": zeros, "kv_used_tokens": kv_used,
                 "kv_capacity_tokens": full(cfg.total_blocks * bs),
                 "token_budget": full(cfg.max_batch_tokens), "flops": flops,

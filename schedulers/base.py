@@ -12,6 +12,9 @@ order of admission.  The engine calls, in this order within a step:
   at the head of its client's queue.
 * ``on_tokens(reqs, k)`` after the engine produced ``k`` output tokens for each
   request in ``reqs`` (``k > 1`` when the engine advances several steps at once).
+  When ``token_price()`` is not None every output token costs that price divided by
+  its request's weight, and an engine may call ``on_client_tokens`` with per-client
+  totals instead (the simulator does: one call per step, not one per request).
 * ``on_finish(req, now)`` when a request has produced its last token.
 * ``on_step(now, duration_s, batch)`` after each step, with ``(request, tokens)`` pairs.
 * ``token_budget(default)`` before each step: the step's token budget.
@@ -72,6 +75,14 @@ class Policy:
     # -- feedback ------------------------------------------------------------
     def on_tokens(self, reqs: Iterable[Request], k: int) -> None:
         """Output tokens were produced; counters that charge per token update here."""
+
+    def token_price(self) -> float | None:
+        """The price of every output token when it is the same for all requests, else None."""
+        return None
+
+    def on_client_tokens(self, amounts: dict[str, float]) -> None:
+        """Per-client sums of ``token_price() * k / weight`` over the requests that produced tokens."""
+        raise NotImplementedError
 
     def on_finish(self, req: Request, now: float) -> None:
         """A request finished."""

@@ -71,11 +71,12 @@ class EquinoxKnobs:
 class _Charge:
     """What one request has been charged so far, and the predictions behind it."""
 
-    __slots__ = ("out_hat", "tpot_hat", "ufc", "rfc_hat", "rfc_actual", "rfc")
+    __slots__ = ("out_hat", "tpot_hat", "tpot_discount", "ufc", "rfc_hat", "rfc_actual", "rfc")
 
-    def __init__(self, out_hat: float, tpot_hat: float, ufc: float, rfc_hat: float):
+    def __init__(self, out_hat: float, tpot_hat: float, tpot_discount: float, ufc: float, rfc_hat: float):
         self.out_hat = out_hat
         self.tpot_hat = tpot_hat
+        self.tpot_discount = tpot_discount  # g(tpot_hat): the discount of tokens beyond out_hat
         self.ufc = ufc
         self.rfc_hat = rfc_hat
         self.rfc_actual = 0.0  # measured engine seconds so far
@@ -114,16 +115,24 @@ class Equinox(ClientQueues):
     # -- counters ----------------------------------------------------------------------
     def _add(self, client: str, ufc: float = 0.0, rfc: float = 0.0) -> None:
         """Change a client's counters, keeping the backlogged heaps and sums in step."""
+        moved: dict[str, None] = {}
+        self._add_lazily(client, ufc, rfc, moved)
+        self._settle(moved)
+
+    def _add_lazily(self, client: str, ufc: float, rfc: float, moved: dict) -> None:
+        """``_add`` whose heap updates wait for ``_settle(moved)``: one per client per step."""
         self.ufc[client] += ufc
         self.rfc[client] += rfc
         self._changed.add(client)
         if client in self._by_ufc:
-            if ufc:
-                self._sum_ufc += ufc
-                self._by_ufc.update(client, self.ufc[client])
-            if rfc:
-                self._sum_rfc += rfc
-                self._by_rfc.update(client, self.rfc[client])
+            self._sum_ufc += ufc
+            self._sum_rfc += rfc
+            moved[client] = None
+
+    def _settle(self, moved: dict) -> None:
+        if moved:
+            self._by_ufc.update_many([(c, self.ufc[c]) for c in moved])
+            self._by_rfc.update_many([(c, self.rfc[c]) for c in moved])
 
     def set_counters(self, client: str, ufc: float, rfc: float) -> None:
         """Set a known client's counters (for tests and tools)."""
@@ -266,35 +275,42 @@ class Equinox(ClientQueues):
         # Engine time is shared per token computed (on_step), so predict it the same way.
         rfc_hat = (req.prompt_tokens + out_hat) * self._sec_per_token
         req.predicted_output = out_hat
-        charge = _Charge(out_hat, tpot_hat, ufc, rfc_hat / req.weight)
+        discount = self._g(tpot_hat, self.knobs.tpot_slo_s)
+        charge = _Charge(out_hat, tpot_hat, discount, ufc, rfc_hat / req.weight)
         self._charges[req.request_id] = charge
         self._add(req.client, charge.ufc, charge.rfc)
 
     def on_tokens(self, reqs, k: int) -> None:
+        """Charge UFC for output tokens beyond the predicted length, as they come."""
         w_q = self.service.w_q
+        moved: dict[str, None] = {}
         for req in reqs:
             charge = self._charges.get(req.request_id)
-            if charge is None:
+            if charge is None or req.generated <= charge.out_hat:
                 continue
-            before = max(req.generated - k, charge.out_hat)
-            extra = req.generated - before
-            if extra > 0:
-                amount = w_q * extra * self._g(charge.tpot_hat, self.knobs.tpot_slo_s) / req.weight
-                charge.ufc += amount
-                self._add(req.client, ufc=amount)
+            extra = req.generated - max(req.generated - k, charge.out_hat)
+            amount = w_q * extra * charge.tpot_discount / req.weight
+            charge.ufc += amount
+            self._add_lazily(req.client, amount, 0.0, moved)
+        self._settle(moved)
 
     def on_step(self, now: float, duration_s: float, batch: list) -> None:
+        """Share the step's measured time among its requests per token computed; charge RFC for
+        what goes beyond each request's prediction."""
         tokens = sum(n for _, n in batch)
         if tokens:
             share = duration_s / tokens
+            charges = self._charges
+            moved: dict[str, None] = {}
             for req, n in batch:
-                charge = self._charges.get(req.request_id)
+                charge = charges.get(req.request_id)
                 if charge is None:
                     continue
                 charge.rfc_actual += share * n / req.weight
                 if charge.rfc_actual > charge.rfc:
-                    self._add(req.client, rfc=charge.rfc_actual - charge.rfc)
+                    self._add_lazily(req.client, 0.0, charge.rfc_actual - charge.rfc, moved)
                     charge.rfc = charge.rfc_actual
+            self._settle(moved)
         self._measure(duration_s, tokens)
         if now >= self._next_log:
             self._log(now)

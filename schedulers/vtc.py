@@ -71,15 +71,26 @@ class VTC(ClientQueues):
             if client in self._backlogged:
                 self._backlogged.update(client, self.counters[client])
 
+    def token_price(self) -> float | None:
+        return self.service.w_q if type(self).token_charge is VTC.token_charge else None
+
     def on_tokens(self, reqs, k: int) -> None:
         per_client: dict[str, float] = {}  # one heap update per client, not per request
-        flat = type(self).token_charge is VTC.token_charge  # every token costs w_q: skip the call
-        price = self.service.w_q * k
+        price = self.token_price()
         for req in reqs:
-            amount = price if flat else self.token_charge(req, k)
+            amount = price * k if price is not None else self.token_charge(req, k)
             per_client[req.client] = per_client.get(req.client, 0.0) + amount / req.weight
-        for client, amount in per_client.items():
-            self._charge(client, amount)
+        self.on_client_tokens(per_client)
+
+    def on_client_tokens(self, amounts: dict[str, float]) -> None:
+        counters, backlogged = self.counters, self._backlogged
+        moved = []
+        for client, amount in amounts.items():
+            if amount:
+                counters[client] += amount
+                if client in backlogged:
+                    moved.append((client, counters[client]))
+        backlogged.update_many(moved)
 
     def on_finish(self, req: Request, now: float) -> None:
         self._charge(req.client, self.finish_charge(req) / req.weight)
