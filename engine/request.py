@@ -32,6 +32,7 @@ class Request:
         "status",
         # policy scratch
         "predicted_output",
+        "slot",  # the policy's index for this request's state (see Policy.array_feedback), or None
         # engine state at arrival (logged for predictors)
         "arrival_state",
     )
@@ -55,6 +56,7 @@ class Request:
         self.preemptions = 0
         self.status = "waiting"
         self.predicted_output = None
+        self.slot = None
         self.arrival_state = (0, 0, 0, 0.0)
 
     @property

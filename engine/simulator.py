@@ -128,7 +128,7 @@ class _StepLog:
 
 
 # Rows of the running batch's int64 array: one column per running request, admission order.
-ROW, CLIENT, PROMPT, OUTPUT, COMPUTED, GENERATED, BLOCKS, DECODING = range(8)
+ROW, PROMPT, OUTPUT, COMPUTED, GENERATED, BLOCKS, DECODING, SLOT = range(8)
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
@@ -199,9 +199,6 @@ class Simulator:
         columns = column_lists(workload)  # Request's positional arguments, in order
         arrivals = columns[2]
         self.reqs = reqs = [Request(*row) for row in zip(*columns)]
-        codes: dict[str, int] = {}
-        self._code = [codes.setdefault(c, len(codes)) for c in columns[1]]  # client code per row
-        self._client_names = list(codes)
         for i, req in enumerate(reqs):
             req.row = i
         self._loop(reqs, arrivals)
@@ -316,8 +313,11 @@ class Simulator:
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, m))
         self._last_dt = dt
         if self._wants_steps:
-            reqs = self.reqs
-            self.policy.on_step(now, dt, [(reqs[r], n) for r, n in zip(cols[ROW].tolist(), tokens.tolist())])
+            if self.policy.array_feedback:
+                self.policy.on_step_slots(now, dt, cols[SLOT], tokens)
+            else:
+                reqs = self.reqs
+                self.policy.on_step(now, dt, [(reqs[r], n) for r, n in zip(cols[ROW].tolist(), tokens.tolist())])
         flops = self.cost.step_flops(prefill_tokens, prefill_pairs, decode_tokens, decode_kv)
         end = now + dt
 
@@ -490,8 +490,8 @@ class Simulator:
             req.status = "running"
             if not resumed:
                 req.admitted_s = now
-            row = req.row
-            values = (row, self._code[row], req.prompt_tokens, req.output_tokens, 0, req.generated, need, 0)
+            slot = -1 if req.slot is None else req.slot
+            values = (req.row, req.prompt_tokens, req.output_tokens, 0, req.generated, need, 0, slot)
             batch.append(values, req.weight)
             tokens.append(n)
             budget -= n
@@ -517,15 +517,8 @@ class Simulator:
         if not self._charges_tokens:
             return
         batch = self.batch
-        price = self.policy.token_price()
-        if price is not None:  # the same price for every token: sum per client in one pass
-            codes = batch.a[CLIENT, pos]
-            amounts = np.bincount(codes, weights=(price * k) / batch.weight[pos])
-            clients = np.flatnonzero(amounts)
-            names = self._client_names
-            self.policy.on_client_tokens(
-                {names[c]: amount for c, amount in zip(clients.tolist(), amounts[clients].tolist())}
-            )
+        if self.policy.array_feedback:
+            self.policy.on_tokens_slots(batch.a[SLOT, pos], batch.a[GENERATED, pos], batch.weight[pos], k)
             return
         reqs = [self.reqs[r] for r in batch.a[ROW, pos].tolist()]
         for req, generated in zip(reqs, batch.a[GENERATED, pos].tolist()):

@@ -12,9 +12,11 @@ order of admission.  The engine calls, in this order within a step:
   at the head of its client's queue.
 * ``on_tokens(reqs, k)`` after the engine produced ``k`` output tokens for each
   request in ``reqs`` (``k > 1`` when the engine advances several steps at once).
-  When ``token_price()`` is not None every output token costs that price divided by
-  its request's weight, and an engine may call ``on_client_tokens`` with per-client
-  totals instead (the simulator does: one call per step, not one per request).
+
+A policy with ``array_feedback`` gives every request it admits a ``slot`` (``req.slot``, an
+index into its own per-request or per-client state); an engine that keeps its batch in
+arrays (the simulator) then reports steps and tokens as arrays (``on_step_slots``,
+``on_tokens_slots``) instead of Request objects: one call per step, vectorised inside.
 * ``on_finish(req, now)`` when a request has produced its last token.
 * ``on_step(now, duration_s, batch)`` after each step, with ``(request, tokens)`` pairs.
 * ``token_budget(default)`` before each step: the step's token budget.
@@ -76,12 +78,16 @@ class Policy:
     def on_tokens(self, reqs: Iterable[Request], k: int) -> None:
         """Output tokens were produced; counters that charge per token update here."""
 
-    def token_price(self) -> float | None:
-        """The price of every output token when it is the same for all requests, else None."""
-        return None
+    # -- feedback in arrays (optional) -----------------------------------------
+    array_feedback = False
 
-    def on_client_tokens(self, amounts: dict[str, float]) -> None:
-        """Per-client sums of ``token_price() * k / weight`` over the requests that produced tokens."""
+    def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
+        """``on_tokens`` for the requests with these slots (numpy arrays, one entry per request:
+        slot, output tokens generated so far, weight); a slot of -1 is a request without one."""
+        raise NotImplementedError
+
+    def on_step_slots(self, now: float, duration_s: float, slots, tokens) -> None:
+        """``on_step`` with the batch as arrays: each request's slot (-1: none) and tokens computed."""
         raise NotImplementedError
 
     def on_finish(self, req: Request, now: float) -> None:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from engine.request import Request
 from schedulers.client_queues import ClientQueues
 from schedulers.heap import ClientHeap
@@ -68,19 +70,37 @@ class EquinoxKnobs:
             raise ValueError("lengths must be oracle, average or predictor")
 
 
-class _Charge:
-    """What one request has been charged so far, and the predictions behind it."""
+class _Charges:
+    """What each admitted, unfinished request has been charged so far, and the predictions
+    behind it, as columns indexed by the request's slot (``req.slot``): a step's charges are
+    a few array operations over its batch, not a loop over its requests."""
 
-    __slots__ = ("out_hat", "tpot_hat", "tpot_discount", "ufc", "rfc_hat", "rfc_actual", "rfc")
+    FLOATS = ("out_hat", "tpot_hat", "discount", "ufc", "rfc_actual", "rfc", "weight")
 
-    def __init__(self, out_hat: float, tpot_hat: float, tpot_discount: float, ufc: float, rfc_hat: float):
-        self.out_hat = out_hat
-        self.tpot_hat = tpot_hat
-        self.tpot_discount = tpot_discount  # g(tpot_hat): the discount of tokens beyond out_hat
-        self.ufc = ufc
-        self.rfc_hat = rfc_hat
-        self.rfc_actual = 0.0  # measured engine seconds so far
-        self.rfc = rfc_hat  # charged to RFC so far
+    def __init__(self, capacity: int = 256) -> None:
+        for name in self.FLOATS:
+            setattr(self, name, np.zeros(capacity))
+        self.client = np.zeros(capacity, dtype=np.int64)  # the client's first-seen index
+        self._free = list(range(capacity - 1, -1, -1))
+
+    def add(self, client: int, weight: float, out_hat: float, tpot_hat: float, discount: float,
+            ufc: float, rfc: float) -> int:  # fmt: skip
+        """A new request's charge; returns its slot.  ``discount`` is g(tpot_hat), the price
+        factor of output tokens beyond ``out_hat``; ``rfc`` the engine time charged at admission."""
+        if not self._free:
+            n = len(self.client)
+            for name in self.FLOATS:
+                setattr(self, name, np.concatenate((getattr(self, name), np.zeros(n))))
+            self.client = np.concatenate((self.client, np.zeros(n, dtype=np.int64)))
+            self._free = list(range(2 * n - 1, n - 1, -1))
+        slot = self._free.pop()
+        self.client[slot] = client
+        for name, value in zip(self.FLOATS, (out_hat, tpot_hat, discount, ufc, 0.0, rfc, weight)):
+            getattr(self, name)[slot] = value
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
 
 
 class Equinox(ClientQueues):
@@ -100,7 +120,8 @@ class Equinox(ClientQueues):
         self._by_rfc = ClientHeap()
         self._sum_ufc = self._sum_rfc = 0.0
         self._order: dict[str, int] = {}
-        self._charges: dict[int, _Charge] = {}
+        self._clients: list[str] = []  # first-seen order
+        self._charges = _Charges()
         self._head_since: dict[int, float] = {}  # request id -> when it became its client's head
         self._average: dict[str, float] = {}
         self._sec_per_step = 0.0  # measured step time, smoothed: a decode's time per token
@@ -210,6 +231,7 @@ class Equinox(ClientQueues):
     def _new_client(self, client: str) -> None:
         self.ufc[client] = self.rfc[client] = 0.0
         self._order[client] = len(self._order)
+        self._clients.append(client)
 
     def _new_head(self, req: Request, now: float) -> None:
         self._head_since.setdefault(req.request_id, now)
@@ -276,44 +298,67 @@ class Equinox(ClientQueues):
         rfc_hat = (req.prompt_tokens + out_hat) * self._sec_per_token
         req.predicted_output = out_hat
         discount = self._g(tpot_hat, self.knobs.tpot_slo_s)
-        charge = _Charge(out_hat, tpot_hat, discount, ufc, rfc_hat / req.weight)
-        self._charges[req.request_id] = charge
-        self._add(req.client, charge.ufc, charge.rfc)
+        rfc = rfc_hat / req.weight
+        req.slot = self._charges.add(self._order[req.client], req.weight, out_hat, tpot_hat, discount, ufc, rfc)
+        self._add(req.client, ufc, rfc)
+
+    # The engine reports tokens and steps either per request (on_tokens, on_step) or as arrays of
+    # slots (the simulator); the per-request calls gather their requests' slots and take the same path.
+    array_feedback = True
 
     def on_tokens(self, reqs, k: int) -> None:
+        slots = [-1 if req.slot is None else req.slot for req in reqs]
+        generated = [req.generated for req in reqs]
+        self.on_tokens_slots(np.array(slots, dtype=np.int64), np.array(generated, dtype=np.int64), None, k)
+
+    def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
         """Charge UFC for output tokens beyond the predicted length, as they come."""
-        w_q = self.service.w_q
-        moved: dict[str, None] = {}
-        for req in reqs:
-            charge = self._charges.get(req.request_id)
-            if charge is None or req.generated <= charge.out_hat:
-                continue
-            extra = req.generated - max(req.generated - k, charge.out_hat)
-            amount = w_q * extra * charge.tpot_discount / req.weight
-            charge.ufc += amount
-            self._add_lazily(req.client, amount, 0.0, moved)
-        self._settle(moved)
+        c = self._charges
+        beyond = (slots >= 0) & (generated > c.out_hat[slots])
+        if not beyond.any():
+            return
+        slots, generated = slots[beyond], generated[beyond]
+        extra = generated - np.maximum(generated - k, c.out_hat[slots])
+        amount = self.service.w_q * extra * c.discount[slots] / c.weight[slots]
+        c.ufc[slots] += amount
+        self._charge_clients(c.client[slots], amount, self.ufc)
 
     def on_step(self, now: float, duration_s: float, batch: list) -> None:
+        slots = [-1 if req.slot is None else req.slot for req, _ in batch]
+        tokens = [n for _, n in batch]
+        self.on_step_slots(now, duration_s, np.array(slots, dtype=np.int64), np.array(tokens, dtype=np.int64))
+
+    def on_step_slots(self, now: float, duration_s: float, slots, tokens) -> None:
         """Share the step's measured time among its requests per token computed; charge RFC for
         what goes beyond each request's prediction."""
-        tokens = sum(n for _, n in batch)
-        if tokens:
-            share = duration_s / tokens
-            charges = self._charges
-            moved: dict[str, None] = {}
-            for req, n in batch:
-                charge = charges.get(req.request_id)
-                if charge is None:
-                    continue
-                charge.rfc_actual += share * n / req.weight
-                if charge.rfc_actual > charge.rfc:
-                    self._add_lazily(req.client, 0.0, charge.rfc_actual - charge.rfc, moved)
-                    charge.rfc = charge.rfc_actual
-            self._settle(moved)
-        self._measure(duration_s, tokens)
+        total = int(tokens.sum())
+        if total:
+            c = self._charges
+            share = duration_s / total
+            mine = slots >= 0
+            slots, tokens = slots[mine], tokens[mine]
+            actual = c.rfc_actual[slots] + share * tokens / c.weight[slots]
+            c.rfc_actual[slots] = actual
+            beyond = actual > c.rfc[slots]
+            if beyond.any():
+                slots, actual = slots[beyond], actual[beyond]
+                amount = actual - c.rfc[slots]
+                c.rfc[slots] = actual
+                self._charge_clients(c.client[slots], amount, self.rfc)
+        self._measure(duration_s, total)
         if now >= self._next_log:
             self._log(now)
+
+    def _charge_clients(self, clients, amounts, counter: dict) -> None:
+        """Add per-request ``amounts`` to the ``counter`` (UFC or RFC) of their clients."""
+        per_client = np.bincount(clients, weights=amounts)
+        moved: dict[str, None] = {}
+        names = self._clients
+        ufc = counter is self.ufc
+        for i in np.flatnonzero(per_client).tolist():
+            amount = float(per_client[i])
+            self._add_lazily(names[i], amount if ufc else 0.0, 0.0 if ufc else amount, moved)
+        self._settle(moved)
 
     def _measure(self, duration_s: float, tokens: int) -> None:
         if not tokens:
@@ -343,13 +388,16 @@ class Equinox(ClientQueues):
         return self._budget
 
     def on_finish(self, req: Request, now: float) -> None:
-        charge = self._charges.pop(req.request_id, None)
-        if charge is None:
+        slot = req.slot
+        if slot is None:
             return
+        c = self._charges
         ttft = req.first_token_s - self._head_since.pop(req.request_id, req.arrival_s)
-        tpot = (now - req.first_token_s) / (req.generated - 1) if req.generated > 1 else charge.tpot_hat
+        tpot = (now - req.first_token_s) / (req.generated - 1) if req.generated > 1 else float(c.tpot_hat[slot])
         actual = self._user_charge(req, req.generated, ttft, tpot)
-        self._add(req.client, actual - charge.ufc, charge.rfc_actual - charge.rfc)
+        self._add(req.client, actual - float(c.ufc[slot]), float(c.rfc_actual[slot] - c.rfc[slot]))
+        c.release(slot)
+        req.slot = None
         old = self._average.get(req.client)
         self._average[req.client] = req.generated if old is None else (old * (WINDOW - 1) + req.generated) / WINDOW
         if self.predictor is not None:

@@ -11,6 +11,8 @@ the artifact skips that case; we follow the paper.
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine.request import Request
 from schedulers.client_queues import ClientQueues
 from schedulers.heap import ClientHeap
@@ -24,6 +26,10 @@ class VTC(ClientQueues):
         super().__init__(**kwargs)
         self.counters: dict[str, float] = {}
         self._backlogged = ClientHeap()  # backlogged clients keyed by counter
+        self._clients: list[str] = []  # first-seen order: a request's slot is its client's index
+        self._index: dict[str, int] = {}
+        # Every output token costs w_q / weight unless a subclass prices tokens per request.
+        self.array_feedback = type(self).token_charge is VTC.token_charge
 
     # -- charges: what VTC-predict and friends change -----------------------------
     def admission_charge(self, req: Request) -> float:
@@ -38,6 +44,8 @@ class VTC(ClientQueues):
     # -- queue ----------------------------------------------------------------------
     def _new_client(self, client: str) -> None:
         self.counters[client] = 0.0
+        self._index[client] = len(self._clients)
+        self._clients.append(client)
 
     def _backlog(self, client: str, req: Request, arrival: bool) -> None:
         if arrival and self.lift:
@@ -48,6 +56,7 @@ class VTC(ClientQueues):
         self._backlogged.remove(client)
 
     def _charge_admission(self, req: Request, now: float) -> None:
+        req.slot = self._index[req.client]
         self._charge(req.client, self.admission_charge(req) / req.weight)
 
     def _lift(self, client: str) -> None:
@@ -71,21 +80,22 @@ class VTC(ClientQueues):
             if client in self._backlogged:
                 self._backlogged.update(client, self.counters[client])
 
-    def token_price(self) -> float | None:
-        return self.service.w_q if type(self).token_charge is VTC.token_charge else None
-
     def on_tokens(self, reqs, k: int) -> None:
         per_client: dict[str, float] = {}  # one heap update per client, not per request
-        price = self.token_price()
         for req in reqs:
-            amount = price * k if price is not None else self.token_charge(req, k)
-            per_client[req.client] = per_client.get(req.client, 0.0) + amount / req.weight
-        self.on_client_tokens(per_client)
+            per_client[req.client] = per_client.get(req.client, 0.0) + self.token_charge(req, k) / req.weight
+        self._charge_clients(per_client.items())
 
-    def on_client_tokens(self, amounts: dict[str, float]) -> None:
+    def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
+        amounts = np.bincount(slots, weights=(self.service.w_q * k) / weights)
+        clients = np.flatnonzero(amounts)
+        names = self._clients
+        self._charge_clients(zip([names[c] for c in clients.tolist()], amounts[clients].tolist()))
+
+    def _charge_clients(self, amounts) -> None:
         counters, backlogged = self.counters, self._backlogged
         moved = []
-        for client, amount in amounts.items():
+        for client, amount in amounts:
             if amount:
                 counters[client] += amount
                 if client in backlogged:
