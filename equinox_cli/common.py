@@ -7,6 +7,7 @@ from typing import List
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from traces.errors import InputError
 
@@ -22,7 +23,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except InputError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except FileNotFoundError as exc:
             err_console.print(f"[bold red]error:[/] {exc.filename}: no such file", highlight=False)

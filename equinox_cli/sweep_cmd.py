@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
+from rich.markup import escape
 
-from equinox_cli.common import WORKLOAD_HELP, console, err_console, user_errors
+from equinox_cli.common import WORKLOAD_HELP, console, err_console, split_list, user_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @user_errors
 def sweep(
-    workload: str = typer.Option("overload", "--workload", "-w", help=WORKLOAD_HELP),
-    scheduler: str = typer.Option("equinox", "--scheduler", "-s", help="The scheduler whose knobs are swept."),
+    workload: List[str] = typer.Option(
+        ["overload"], "--workload", "-w", help=WORKLOAD_HELP + " Several: comma-separated or repeated."
+    ),
+    scheduler: List[str] = typer.Option(
+        ["equinox"],
+        "--scheduler",
+        "-s",
+        help="Schedulers, comma-separated or repeated. The knob grid applies to equinox and equinox-oracle; "
+        "any other scheduler runs once per workload and seed.",
+    ),
     grid: List[str] = typer.Option(
         ["alpha=0,0.5,1", "gamma=0,1"],
         "--grid",
@@ -21,53 +33,87 @@ def sweep(
         help="KNOB=V1,V2,... (repeat for more knobs): alpha, beta, "
         "gamma, delta, ttft_slo_s, tpot_slo_s, budget_min, budget_max, utilization_target.",
     ),
+    seed: List[str] = typer.Option(
+        ["42"], "--seed", help="Seeds of the workload and the runs, comma-separated or repeated."
+    ),
     out: Path = typer.Option(
-        Path("runs/sweep"), "--out", "-o", help="One sub-directory per cell, plus summary.csv and frontier.png."
+        Path("runs/sweep"),
+        "--out",
+        "-o",
+        help="OUT/<workload>/seed-<seed>/<knobs>/<scheduler>/ per cell, plus summary.csv and frontier.png.",
     ),
     preset: str = typer.Option("vtc-a10g-llama2-7b", help="Engine preset."),
-    seed: int = typer.Option(42, help="Seed of the workload and the runs."),
-    jobs: int = typer.Option(2, min=1, help="Cells replayed in parallel (local processes)."),
+    backend: str = typer.Option(
+        "local",
+        help="local: worker processes on this machine (--jobs); "
+        "ray: one Ray task per cell, on a local Ray or a cluster (pip install 'equinox-fair\\[ray]').",
+    ),
+    jobs: int = typer.Option(2, min=1, help="Cells replayed in parallel by the local backend."),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray-address",
+        help="With --backend ray: 'auto' joins the Ray cluster running here, HOST:PORT or ray://HOST:PORT a remote "
+        "one; default: a new local Ray instance (or the cluster $RAY_ADDRESS names).",
+    ),
     retries: int = typer.Option(1, min=0, help="Times a failed cell is retried before it is reported."),
 ):
-    """Replay a workload over a grid of Equinox knobs and plot the fairness / TTFT / throughput frontier.
+    """Replay every (workload, seed, scheduler, knobs) cell and plot the fairness / TTFT / throughput frontier.
 
-    Exits 1 when a cell still fails after its retries (it is listed, never dropped).
+    The knob grid multiplies only the schedulers it changes (equinox, equinox-oracle). With
+    --backend ray each cell is a Ray task that returns its run's files, and this machine
+    writes them under OUT, so `equinox audit OUT` compares every cell. Exits 1 when a cell
+    still fails after its retries (it is listed, never dropped).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
     from engine.results import atomic_write_text
-    from engine.sweep import cells, parse_grid, plot_frontier, run_sweep, summarise
-    from schedulers import run_name
-    from traces import load_workload
+    from engine.sweep import check_backend, parse_grid, parse_seeds, plan, plot_frontier, summarise
 
-    run_name(scheduler)
-    parsed = parse_grid(grid)
-    table = load_workload(workload, seed=seed)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=err_console) as progress:
-        task = progress.add_task(f"sweep {workload} / {scheduler}", total=len(cells(parsed)))
-        results = run_sweep(
-            table, scheduler, parsed, out, jobs=jobs, retries=retries, preset=preset, seed=seed,
-            workload_name=workload, on_done=lambda r: progress.advance(task),
-        )  # fmt: skip
+    check_backend(backend)
+    cells = plan(split_list(workload), split_list(scheduler), parse_seeds(seed), parse_grid(grid))
+    results = _run(cells, out, backend=backend, jobs=jobs, ray_address=ray_address, retries=retries, preset=preset)
     summary = summarise(results)
     atomic_write_text(summary.to_csv(index=False), out / "summary.csv")
+    written = [out / "summary.csv"]
     if summary["error"].isna().any():
         plot_frontier(summary, out / "frontier.png")
-    view = Table("cell", "Jain", "pair diff / bound", "TTFT p50", "TTFT p99", "tokens/s", title=f"sweep {workload}")
+        written.append(out / "frontier.png")
+    console.print(_table(summary))
+    console.print(f"wrote {' and '.join(map(str, written))}")
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        attempts = f"{r.attempts} attempt{'s' if r.attempts > 1 else ''}"
+        err_console.print(
+            f"[bold red]FAILED[/] cell {r.cell.path.as_posix()} after {attempts}: {escape(r.error)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
+def _run(cells, out: Path, **options):
+    """Run the sweep behind a progress bar that advances as cells finish."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from engine.sweep import run_sweep
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err_console) as progress:
+        task = progress.add_task(f"sweep ({options['backend']})", total=len(cells))
+        return run_sweep(cells, out, on_done=lambda result: progress.advance(task), **options)
+
+
+def _table(summary: pd.DataFrame):
+    import pandas as pd
+    from rich.table import Column, Table
+
+    cell = Column("cell", overflow="fold")  # a cell's path, whole
+    view = Table(cell, "Jain", "pair diff / bound", "TTFT p50", "TTFT p99", "tokens/s", title="sweep")
     for _, row in summary.iterrows():
-        if row["error"] is None or row["error"] != row["error"]:
+        if pd.isna(row["error"]):
             view.add_row(
                 row["cell"], f"{row['jain']:.3f}", f"{row['pair_service_diff'] / row['bound']:.3f}",
                 f"{row['ttft_p50_s']:.2f}", f"{row['ttft_p99_s']:.2f}", f"{row['tokens_per_s']:,.0f}",
             )  # fmt: skip
         else:
-            view.add_row(row["cell"], "[red]failed[/]", row["error"], "", "", "")
-    console.print(view)
-    console.print(f"wrote {out / 'summary.csv'} and {out / 'frontier.png'}")
-    failed = [r for r in results if r.error is not None]
-    for r in failed:
-        err_console.print(f"[bold red]FAILED[/] cell {r.path.name} after {r.attempts} attempts: {r.error}")
-    if failed:
-        raise typer.Exit(1)
+            view.add_row(row["cell"], "[red]failed[/]", escape(row["error"]), "", "", "")
+    return view

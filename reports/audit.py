@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,16 +103,25 @@ def load_runs(paths) -> list[Run]:
 
 
 def _run_dirs(path: Path) -> list[Path]:
-    """``path`` itself when it is a run directory, else its subdirectories that are."""
+    """``path`` itself when it is a run directory, else the run directories below it, at any depth."""
     if not path.is_dir():
         found = "a file" if path.exists() else "nothing"
         raise InputError(f"expected a run directory or a replay output directory, found {found}", source=str(path))
+    runs = _find_runs(path)
+    if not runs:
+        raise InputError(f"expected {', '.join(RUN_FILES)} here or in its subdirectories", source=str(path))
+    return runs
+
+
+def _find_runs(path: Path) -> list[Path]:
+    """Run directories at or below ``path`` (a sweep nests them: workload/seed-S/knobs/scheduler).
+
+    Hidden directories are skipped (an interrupted atomic write leaves ``.<name>.*.tmp``), and
+    symbolic links are followed only to a run directory, so a link cycle cannot recurse."""
     if _is_run_dir(path):
         return [path]
-    subs = sorted(d for d in path.iterdir() if d.is_dir() and _is_run_dir(d))
-    if not subs:
-        raise InputError(f"expected {', '.join(RUN_FILES)} here or in its subdirectories", source=str(path))
-    return subs
+    subs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return [run for d in subs if _is_run_dir(d) or not d.is_symlink() for run in _find_runs(d)]
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -119,12 +129,15 @@ def _is_run_dir(path: Path) -> bool:
 
 
 def _names(dirs: list[Path]) -> list[str]:
-    """Directory names, qualified by the parent's name (then the full path) where they collide."""
-    names = [d.name for d in dirs]
-    for qualify in (lambda d: f"{d.parent.name}/{d.name}", str):
-        clash = {n for n in names if names.count(n) > 1}
-        names = [qualify(d) if n in clash else n for n, d in zip(names, dirs)]
-    return names
+    """The shortest trailing part of each directory's path that no other run shares:
+    ``vtc``, else ``out/vtc``, else ``seed-1/default/vtc``, ... (the full path at most)."""
+    depth = [1] * len(dirs)
+    while True:
+        names = [str(d) if k >= len(d.parts) else "/".join(d.parts[-k:]) for d, k in zip(dirs, depth)]
+        counts = Counter(names)
+        if all(n == 1 for n in counts.values()):
+            return names
+        depth = [k + 1 if counts[n] > 1 else k for n, k in zip(names, depth)]
 
 
 def _load_run(name: str, path: Path) -> Run:

@@ -104,6 +104,15 @@ def test_clashing_names_are_qualified_by_the_parent(replay, tmp_path):
     assert [r.name for r in load_runs([replay / "vtc", tmp_path / "other" / "vtc"])] == ["out/vtc", "other/vtc"]
 
 
+def test_runs_are_found_at_any_depth_and_named_by_the_shortest_unique_path(tmp_path):
+    # a sweep's layout: <workload>/seed-<s>/<knobs>/<scheduler>/
+    for cell in ("seed-1/alpha-0/equinox", "seed-1/default/vtc", "seed-2/alpha-0/equinox", "seed-2/default/fcfs"):
+        write_run(tmp_path / "sweep" / "w" / cell)
+    write_run(tmp_path / "sweep" / "w" / "seed-1" / "default" / ".vtc.x1.tmp")  # an interrupted write
+    names = [r.name for r in load_runs([tmp_path / "sweep"])]
+    assert names == ["seed-1/alpha-0/equinox", "vtc", "seed-2/alpha-0/equinox", "fcfs"]
+
+
 def test_missing_directory(tmp_path):
     with pytest.raises(InputError, match="nowhere: expected a run directory or a replay output directory, found no"):
         load_runs([tmp_path / "nowhere"])
