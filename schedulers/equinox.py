@@ -31,15 +31,15 @@ the client's moving average (as VTC-predict).  Every knob is in ``EquinoxKnobs``
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from engine.request import Request
 from schedulers.client_queues import ClientQueues
-from schedulers.heap import ClientHeap
+from schedulers.counters import DENSE_CLIENTS, ClientCounters
 
+UFC, RFC = 0, 1  # the rows of the counters
 WINDOW = 5  # moving average of output lengths, as VTC-predict
 EMA = 0.05  # smoothing of the measured seconds per token
 
@@ -112,15 +112,9 @@ class Equinox(ClientQueues):
             raise ValueError("lengths='predictor' needs a predictor session")
         self.knobs = knobs
         self.predictor = predictor
-        self.ufc: dict[str, float] = {}
-        self.rfc: dict[str, float] = {}
-        # Backlogged clients, ordered by each counter (ties: first seen), and the counters' sums
-        # over them: the lowest HF is found in O(log clients) for typical counter spreads.
-        self._by_ufc = ClientHeap()
-        self._by_rfc = ClientHeap()
-        self._sum_ufc = self._sum_rfc = 0.0
-        self._order: dict[str, int] = {}
-        self._clients: list[str] = []  # first-seen order
+        # UFC (row 0) and RFC (row 1) of every client, with their minima and sums over the
+        # backlogged clients: the lowest HF is found without scanning every client.
+        self._counters = ClientCounters(rows=2)
         self._charges = _Charges()
         self._head_since: dict[int, float] = {}  # request id -> when it became its client's head
         self._average: dict[str, float] = {}
@@ -129,140 +123,105 @@ class Equinox(ClientQueues):
         self._budget: int | None = None
         self._next_log = 0.0
         self.trajectory: list[tuple[float, str, float, float, float]] = []
-        self._changed: set[str] = set()  # clients whose counters moved since the last sample
+        self._changed: set[int] = set()  # clients whose counters moved since the last sample
         # Per-step charging and a budget that moves between steps need every step reported.
         self.exact_under_fast_forward = knobs.beta == 0 and not knobs.adaptive_budget
 
     # -- counters ----------------------------------------------------------------------
+    @property
+    def ufc(self) -> dict[str, float]:
+        """Every client's User Fairness Counter."""
+        return self._counters.as_dict(UFC)
+
+    @property
+    def rfc(self) -> dict[str, float]:
+        """Every client's Resource Fairness Counter."""
+        return self._counters.as_dict(RFC)
+
     def _add(self, client: str, ufc: float = 0.0, rfc: float = 0.0) -> None:
-        """Change a client's counters, keeping the backlogged heaps and sums in step."""
-        moved: dict[str, None] = {}
-        self._add_lazily(client, ufc, rfc, moved)
-        self._settle(moved)
-
-    def _add_lazily(self, client: str, ufc: float, rfc: float, moved: dict) -> None:
-        """``_add`` whose heap updates wait for ``_settle(moved)``: one per client per step."""
-        self.ufc[client] += ufc
-        self.rfc[client] += rfc
-        self._changed.add(client)
-        if client in self._by_ufc:
-            self._sum_ufc += ufc
-            self._sum_rfc += rfc
-            moved[client] = None
-
-    def _settle(self, moved: dict) -> None:
-        if moved:
-            self._by_ufc.update_many([(c, self.ufc[c]) for c in moved])
-            self._by_rfc.update_many([(c, self.rfc[c]) for c in moved])
+        i = self._counters.index[client]
+        self._counters.add(i, (ufc, rfc))
+        self._changed.add(i)
 
     def set_counters(self, client: str, ufc: float, rfc: float) -> None:
         """Set a known client's counters (for tests and tools)."""
-        self._add(client, ufc - self.ufc[client], rfc - self.rfc[client])
+        i = self._counters.index[client]
+        self._add(client, ufc - self._counters.value(i, UFC), rfc - self._counters.value(i, RFC))
 
     def _backlog(self, client: str, req: Request, arrival: bool) -> None:
+        i = self._counters.index[client]
         if arrival:
             self._head_since[req.request_id] = req.arrival_s
-            self._lift(client)
-        self._by_ufc.push(client, self.ufc[client])
-        self._by_rfc.push(client, self.rfc[client])
-        self._sum_ufc += self.ufc[client]
-        self._sum_rfc += self.rfc[client]
+            self._lift(i)
+        self._counters.backlog(i)
 
     def _unbacklog(self, client: str) -> None:
-        self._by_ufc.remove(client)
-        self._by_rfc.remove(client)
-        if self._by_ufc:
-            self._sum_ufc -= self.ufc[client]
-            self._sum_rfc -= self.rfc[client]
-        else:
-            self._sum_ufc = self._sum_rfc = 0.0  # no drift carried over an empty queue
+        self._counters.unbacklog(self._counters.index[client])
 
     # -- the score ---------------------------------------------------------------------
     def _scales(self) -> tuple[float, float]:
         """HF = a * UFC + b * RFC for every backlogged client: a = alpha / mean(UFC), b likewise."""
-        k, n = self.knobs, len(self._by_ufc)
-        a = k.alpha * n / self._sum_ufc if self._sum_ufc > 0 else 0.0
-        b = k.beta * n / self._sum_rfc if self._sum_rfc > 0 else 0.0
+        k, n = self.knobs, len(self._counters)
+        total_ufc, total_rfc = self._counters.totals
+        a = k.alpha * n / total_ufc if total_ufc > 0 else 0.0
+        b = k.beta * n / total_rfc if total_rfc > 0 else 0.0
         return a, b
 
+    def _coefficients(self) -> tuple[tuple[float, float], bool]:
+        """HF's coefficients of (UFC, RFC), and whether every HF is 0 (both scales 0: the
+        clients are then taken in UFC order, as VTC's)."""
+        a, b = self._scales()
+        return ((1.0, 0.0), True) if a == 0 and b == 0 else ((a, b), False)
+
     def hf(self) -> dict[str, float]:
-        """The Holistic Fairness score of every backlogged client."""
-        a, b = self._scales()
-        return {c: a * self.ufc[c] + b * self.rfc[c] for c, _ in self._by_ufc.ascending()}
-
-    def _ascending(self):
-        """Backlogged clients in increasing (HF, first seen) order, produced lazily.
-
-        With one counter weighing (``beta = 0``, ``alpha = 0``, or the other counter zero for every
-        backlogged client) its heap is the order.  Otherwise a
-        threshold walk over both heaps in ascending order: a client not yet seen in either has
-        both counters at least the last ones seen, so its HF is at least
-        ``a * last_ufc + b * last_rfc``; a seen client below that bound can be produced.  The
-        first few clients cost O(log clients) each, however many clients there are.
-        """
-        a, b = self._scales()
-        if a == 0 or b == 0:  # one counter weighs (a knob is 0, or a counter is 0 for all)
-            heap, scale = (self._by_ufc, a) if b == 0 else (self._by_rfc, b)
-            for client, key in heap.ascending():
-                yield client, scale * key
-            return
-        walks = [self._by_ufc.ascending(), self._by_rfc.ascending()]
-        last = [0.0, 0.0]
-        seen: set[str] = set()
-        ready: list[tuple[float, int, str]] = []
-        while True:
-            for i, walk in enumerate(walks):
-                step = next(walk, None)
-                if step is None:
-                    walks = []  # one order fully walked: every client has been seen
-                    break
-                client, last[i] = step
-                if client not in seen:
-                    seen.add(client)
-                    heapq.heappush(ready, (a * self.ufc[client] + b * self.rfc[client], self._order[client], client))
-            bound = a * last[0] + b * last[1] if walks else float("inf")
-            while ready and ready[0][0] < bound:
-                score, _, client = heapq.heappop(ready)
-                yield client, score
-            if not walks and not ready:
-                return
+        """The Holistic Fairness score of every backlogged client, lowest first."""
+        coef, zero = self._coefficients()
+        names = self._counters.names
+        return {names[i]: 0.0 if zero else score for i, score in self._counters.within(coef, float("inf"))}
 
     # -- queue -------------------------------------------------------------------------
     def _new_client(self, client: str) -> None:
-        self.ufc[client] = self.rfc[client] = 0.0
-        self._order[client] = len(self._order)
-        self._clients.append(client)
+        self._counters.add_client(client)
 
     def _new_head(self, req: Request, now: float) -> None:
         self._head_since.setdefault(req.request_id, now)
 
-    def _lift(self, client: str) -> None:
-        for counter, heap in ((self.ufc, self._by_ufc), (self.rfc, self._by_rfc)):
-            if heap:
-                floor = heap.min_key()
-            elif self._last_left is not None and self._last_left != client:
-                floor = counter[self._last_left]
+    def _lift(self, i: int) -> None:
+        counters = self._counters
+        last = None if self._last_left is None else counters.index[self._last_left]
+        for row in (UFC, RFC):
+            if len(counters):
+                floor = counters.min(row)
+            elif last is not None and last != i:
+                floor = counters.value(last, row)
             else:
                 continue
-            if floor > counter[client]:
-                counter[client] = floor
+            if floor > counters.value(i, row):
+                counters.set(i, row, floor)
 
     def peek(self) -> Request | None:
-        for client, _ in self._ascending():
-            return self._queues[client][0]
-        return None
+        coef, _ = self._coefficients()
+        best = self._counters.smallest(coef)
+        return None if best is None else self._queues[self._counters.names[best[0]]][0]
 
     def select(self, fits) -> Request | None:
         """The lowest-HF client's next request; if it does not fit, the first that does among
         the clients within ``delta`` of the lowest HF (none when ``delta`` is 0)."""
-        floor = None
-        for client, score in self._ascending():
-            if floor is None:
-                floor = score
-            elif score > floor + self.knobs.delta or not self.knobs.delta:
-                break
-            req = self._queues[client][0]
-            if fits(req):
+        coef, zero = self._coefficients()
+        best = self._counters.smallest(coef)
+        if best is None:
+            return None
+        first, floor = best
+        names = self._counters.names
+        req = self._queues[names[first]][0]
+        if fits(req):
+            return req
+        if not self.knobs.delta:
+            return None
+        upto = float("inf") if zero else floor + self.knobs.delta
+        for i, _ in self._counters.within(coef, upto):
+            req = self._queues[names[i]][0]
+            if i != first and fits(req):
                 return req
         return None
 
@@ -299,7 +258,8 @@ class Equinox(ClientQueues):
         req.predicted_output = out_hat
         discount = self._g(tpot_hat, self.knobs.tpot_slo_s)
         rfc = rfc_hat / req.weight
-        req.slot = self._charges.add(self._order[req.client], req.weight, out_hat, tpot_hat, discount, ufc, rfc)
+        client = self._counters.index[req.client]
+        req.slot = self._charges.add(client, req.weight, out_hat, tpot_hat, discount, ufc, rfc)
         self._add(req.client, ufc, rfc)
 
     # The engine reports tokens and steps either per request (on_tokens, on_step) or as arrays of
@@ -321,7 +281,7 @@ class Equinox(ClientQueues):
         extra = generated - np.maximum(generated - k, c.out_hat[slots])
         amount = self.service.w_q * extra * c.discount[slots] / c.weight[slots]
         c.ufc[slots] += amount
-        self._charge_clients(c.client[slots], amount, self.ufc)
+        self._charge_clients(c.client[slots], amount, UFC)
 
     def on_step(self, now: float, duration_s: float, batch: list) -> None:
         slots = [-1 if req.slot is None else req.slot for req, _ in batch]
@@ -344,21 +304,25 @@ class Equinox(ClientQueues):
                 slots, actual = slots[beyond], actual[beyond]
                 amount = actual - c.rfc[slots]
                 c.rfc[slots] = actual
-                self._charge_clients(c.client[slots], amount, self.rfc)
+                self._charge_clients(c.client[slots], amount, RFC)
         self._measure(duration_s, total)
         if now >= self._next_log:
             self._log(now)
 
-    def _charge_clients(self, clients, amounts, counter: dict) -> None:
-        """Add per-request ``amounts`` to the ``counter`` (UFC or RFC) of their clients."""
-        per_client = np.bincount(clients, weights=amounts)
-        moved: dict[str, None] = {}
-        names = self._clients
-        ufc = counter is self.ufc
-        for i in np.flatnonzero(per_client).tolist():
-            amount = float(per_client[i])
-            self._add_lazily(names[i], amount if ufc else 0.0, 0.0 if ufc else amount, moved)
-        self._settle(moved)
+    def _charge_clients(self, clients, amounts, row: int) -> None:
+        """Add per-request ``amounts`` to counter ``row`` (UFC or RFC) of their ``clients``."""
+        counters = self._counters
+        if len(counters.names) <= DENSE_CLIENTS:
+            per_client = np.zeros((2, len(counters.names)))
+            per_client[row] = np.bincount(clients, weights=amounts, minlength=len(counters.names))
+            counters.add_dense(per_client)
+            self._changed.update(np.flatnonzero(per_client[row]).tolist())
+        else:
+            unique, inverse = np.unique(clients, return_inverse=True)
+            per_client = np.zeros((2, len(unique)))
+            per_client[row] = np.bincount(inverse, weights=amounts)
+            counters.add_many(unique, per_client)
+            self._changed.update(unique.tolist())
 
     def _measure(self, duration_s: float, tokens: int) -> None:
         if not tokens:
@@ -407,10 +371,11 @@ class Equinox(ClientQueues):
     def _log(self, now: float) -> None:
         """Sample the counters of the clients that changed since the last sample (HF: NaN when idle)."""
         a, b = self._scales()
-        for client in sorted(self._changed, key=self._order.__getitem__):
-            ufc, rfc = self.ufc[client], self.rfc[client]
-            hf = a * ufc + b * rfc if client in self._by_ufc else float("nan")
-            self.trajectory.append((now, client, ufc, rfc, hf))
+        counters = self._counters
+        for i in sorted(self._changed):
+            ufc, rfc = counters.value(i, UFC), counters.value(i, RFC)
+            hf = a * ufc + b * rfc if counters.backlogged[i] else float("nan")
+            self.trajectory.append((now, counters.names[i], ufc, rfc, hf))
         self._changed.clear()
         self._next_log = now + self.knobs.log_interval_s
 

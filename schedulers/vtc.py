@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.request import Request
 from schedulers.client_queues import ClientQueues
-from schedulers.heap import ClientHeap
+from schedulers.counters import DENSE_CLIENTS, ClientCounters
 
 
 class VTC(ClientQueues):
@@ -24,12 +24,14 @@ class VTC(ClientQueues):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.counters: dict[str, float] = {}
-        self._backlogged = ClientHeap()  # backlogged clients keyed by counter
-        self._clients: list[str] = []  # first-seen order: a request's slot is its client's index
-        self._index: dict[str, int] = {}
+        self._counters = ClientCounters(rows=1)  # a request's slot is its client's column
         # Every output token costs w_q / weight unless a subclass prices tokens per request.
         self.array_feedback = type(self).token_charge is VTC.token_charge
+
+    @property
+    def counters(self) -> dict[str, float]:
+        """Every client's counter."""
+        return self._counters.as_dict(0)
 
     # -- charges: what VTC-predict and friends change -----------------------------
     def admission_charge(self, req: Request) -> float:
@@ -43,67 +45,62 @@ class VTC(ClientQueues):
 
     # -- queue ----------------------------------------------------------------------
     def _new_client(self, client: str) -> None:
-        self.counters[client] = 0.0
-        self._index[client] = len(self._clients)
-        self._clients.append(client)
+        self._counters.add_client(client)
 
     def _backlog(self, client: str, req: Request, arrival: bool) -> None:
+        i = self._counters.index[client]
         if arrival and self.lift:
-            self._lift(client)
-        self._backlogged.push(client, self.counters[client])
+            self._lift(i)
+        self._counters.backlog(i)
 
     def _unbacklog(self, client: str) -> None:
-        self._backlogged.remove(client)
+        self._counters.unbacklog(self._counters.index[client])
 
     def _charge_admission(self, req: Request, now: float) -> None:
-        req.slot = self._index[req.client]
-        self._charge(req.client, self.admission_charge(req) / req.weight)
+        req.slot = self._counters.index[req.client]
+        self._charge(req.slot, self.admission_charge(req) / req.weight)
 
-    def _lift(self, client: str) -> None:
-        if len(self._backlogged):
-            floor = self._backlogged.min_key()
-        elif self._last_left is not None and self._last_left != client:
-            floor = self.counters[self._last_left]
+    def _lift(self, i: int) -> None:
+        counters = self._counters
+        if len(counters):
+            floor = counters.min()
+        elif self._last_left is not None and counters.index[self._last_left] != i:
+            floor = counters.value(counters.index[self._last_left])
         else:
             return
-        if floor > self.counters[client]:
-            self.counters[client] = floor
+        if floor > counters.value(i):
+            counters.set(i, 0, floor)
 
     def peek(self) -> Request | None:
-        client = self._backlogged.peek()
-        return None if client is None else self._queues[client][0]
+        best = self._counters.smallest((1.0,))
+        return None if best is None else self._queues[self._counters.names[best[0]]][0]
 
     # -- counters -------------------------------------------------------------------
-    def _charge(self, client: str, amount: float) -> None:
+    def _charge(self, i: int, amount: float) -> None:
         if amount:
-            self.counters[client] += amount
-            if client in self._backlogged:
-                self._backlogged.update(client, self.counters[client])
+            self._counters.add(i, (amount,))
 
     def on_tokens(self, reqs, k: int) -> None:
-        per_client: dict[str, float] = {}  # one heap update per client, not per request
+        per_client: dict[int, float] = {}  # one update per client, not per request
+        index = self._counters.index
         for req in reqs:
-            per_client[req.client] = per_client.get(req.client, 0.0) + self.token_charge(req, k) / req.weight
-        self._charge_clients(per_client.items())
+            i = index[req.client]
+            per_client[i] = per_client.get(i, 0.0) + self.token_charge(req, k) / req.weight
+        if per_client:
+            columns = np.fromiter(per_client, dtype=np.int64, count=len(per_client))
+            amounts = np.fromiter(per_client.values(), dtype=np.float64, count=len(per_client))
+            self._counters.add_many(columns, amounts[None, :])
 
     def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
-        amounts = np.bincount(slots, weights=(self.service.w_q * k) / weights)
-        clients = np.flatnonzero(amounts)
-        names = self._clients
-        self._charge_clients(zip([names[c] for c in clients.tolist()], amounts[clients].tolist()))
-
-    def _charge_clients(self, amounts) -> None:
-        counters, backlogged = self.counters, self._backlogged
-        moved = []
-        for client, amount in amounts:
-            if amount:
-                counters[client] += amount
-                if client in backlogged:
-                    moved.append((client, counters[client]))
-        backlogged.update_many(moved)
+        prices = (self.service.w_q * k) / weights
+        if len(self._counters.names) <= DENSE_CLIENTS:  # sum per client over every client
+            self._counters.add_dense(np.bincount(slots, weights=prices)[None, :])
+        else:  # over the clients in the batch only
+            clients, inverse = np.unique(slots, return_inverse=True)
+            self._counters.add_many(clients, np.bincount(inverse, weights=prices)[None, :])
 
     def on_finish(self, req: Request, now: float) -> None:
-        self._charge(req.client, self.finish_charge(req) / req.weight)
+        self._charge(self._counters.index[req.client], self.finish_charge(req) / req.weight)
 
     def describe(self) -> dict:
         return {**super().describe(), "lift": self.lift}

@@ -154,21 +154,23 @@ def test_stall_free_steps_never_hold_a_decode_behind_a_prefill():
     assert tpot(classic_b) > tpot(b)
 
 
-def test_threshold_walk_finds_the_same_order_as_a_full_scan():
+def test_lowest_hf_search_finds_the_same_order_as_a_full_scan():
     import random
 
     rnd = random.Random(11)
     p = Equinox(EquinoxKnobs(alpha=0.6, beta=0.4, delta=0.3))
-    for i in range(300):
+    for i in range(700):  # three blocks of clients
         p.on_arrival(req(i, f"c{i}"), 0)
-    for i in range(300):
+    for i in range(700):
         ufc = rnd.uniform(0, 1000)
         p.set_counters(f"c{i}", ufc, ufc * rnd.uniform(0.5, 1.5) / 100)  # correlated, as in a run
-    hf = p.hf()
-    order = {f"c{i}": i for i in range(300)}
-    full = sorted(hf, key=lambda c: (hf[c], order[c]))
+    a, b = p._scales()
+    ufc, rfc = p.ufc, p.rfc
+    assert a == pytest.approx(0.6 * 700 / sum(ufc.values())) and b == pytest.approx(0.4 * 700 / sum(rfc.values()))
+    hf = {c: a * ufc[c] + b * rfc[c] for c in ufc}
+    full = sorted(hf, key=lambda c: (hf[c], int(c[1:])))
     floor = hf[full[0]]
-    assert [c for c, _ in p._ascending()] == full  # every client, in HF order
+    assert list(p.hf()) == full and p.hf() == hf  # every client, in HF order
     assert p.peek().client == full[0]
     fits_only = {full[5], full[-1]}
     chosen = p.select(lambda r: r.client in fits_only)

@@ -6,7 +6,6 @@ import pytest
 
 from engine.request import Request
 from schedulers import make_policy, run_name
-from schedulers.heap import ClientHeap
 from traces.errors import InputError
 
 
@@ -22,27 +21,74 @@ def admit_all(policy, now=0.0):
     return order
 
 
-def test_heap_matches_a_brute_force_minimum():
+def test_client_counters_match_a_brute_force_minimum():
+    """Random changes over 700 clients (three blocks): the smallest score over the backlogged
+    clients, the clients within a bound, the minima and the sums always equal a full scan."""
+    import numpy as np
+
+    from schedulers.counters import ClientCounters
+
     rnd = random.Random(7)
-    heap, keys = ClientHeap(), {}
-    order = {}
-    for _ in range(3000):
+    counters = ClientCounters(rows=2)
+    values: list[list[float]] = []  # the brute force: client -> [row0, row1]
+    backlogged: set[int] = set()
+
+    def check():
+        assert len(counters) == len(backlogged)
+        for coef in ((1.0, 0.0), (0.0, 2.0), (0.7, 0.3), (1e-3, 5.0)):
+            score = {i: sum(c * v for c, v in zip(coef, values[i]) if c) for i in backlogged}
+            ranked = sorted(score, key=lambda i: (score[i], i))
+            found = counters.smallest(coef)
+            assert found == ((ranked[0], score[ranked[0]]) if ranked else None)
+            if ranked:
+                upto = score[ranked[min(5, len(ranked) - 1)]]
+                assert counters.within(coef, upto) == [(i, score[i]) for i in ranked if score[i] <= upto]
+        for row in (0, 1):
+            assert counters.min(row) == min((values[i][row] for i in backlogged), default=float("inf"))
+            assert counters.totals[row] == pytest.approx(sum(values[i][row] for i in backlogged), abs=1e-6)
+
+    for step in range(4000):
         op = rnd.random()
-        c = rnd.randrange(40)
-        if c not in keys and op < 0.5:
-            keys[c] = rnd.randrange(100)
-            order.setdefault(c, len(order))
-            heap.push(c, keys[c])
-        elif c in keys and op < 0.8:
-            keys[c] = rnd.randrange(100)
-            heap.update(c, keys[c])
-        elif c in keys:
-            del keys[c]
-            heap.remove(c)
-        if keys:
-            best = min(keys, key=lambda k: (keys[k], order[k]))
-            assert heap.peek() == best and heap.min_key() == keys[best]
-        assert len(heap) == len(keys)
+        if not values or op < 0.2:
+            values.append([0.0, 0.0])
+            counters.add_client(f"c{len(values) - 1}")
+            continue
+        i = rnd.randrange(len(values))
+        if op < 0.4:
+            if i in backlogged:
+                backlogged.discard(i)
+                counters.unbacklog(i)
+            else:
+                backlogged.add(i)
+                counters.backlog(i)
+        elif op < 0.6:
+            amounts = (rnd.choice([0.0, rnd.uniform(-5, 20)]), rnd.uniform(0, 3))
+            values[i] = [v + a for v, a in zip(values[i], amounts)]
+            counters.add(i, amounts)
+        elif op < 0.7:
+            row, value = rnd.randrange(2), float(rnd.randrange(60))  # ties on purpose
+            values[i][row] = value
+            counters.set(i, row, value)
+        elif op < 0.85:
+            columns = np.array(sorted(rnd.sample(range(len(values)), min(30, len(values)))))
+            amounts = np.array([[rnd.uniform(0, 5) for _ in columns], [rnd.uniform(0, 1) for _ in columns]])
+            for j, c in enumerate(columns.tolist()):
+                values[c] = [values[c][0] + amounts[0, j], values[c][1] + amounts[1, j]]
+            counters.add_many(columns, amounts)
+        else:
+            amounts = np.array([[rnd.choice([0.0, 1.0, 2.5]) for _ in values], [0.0] * len(values)])
+            for c in range(len(values)):
+                values[c][0] += amounts[0, c]
+            counters.add_dense(amounts)
+        if step % 7 == 0:
+            check()
+    assert len(values) > 512  # three blocks of 256
+    check()
+    for i in sorted(backlogged, reverse=True):  # ties everywhere, across blocks: the first seen wins
+        for row in (0, 1):
+            values[i][row] = 7.0
+            counters.set(i, row, 7.0)
+    check()
 
 
 def test_fcfs_admits_in_arrival_order_and_requeues_at_the_head():
@@ -168,12 +214,3 @@ def test_run_names_are_directory_safe():
     assert [run_name(s) for s in ("vtc", "rpm:5", "vtc-oracle(0.2)")] == ["vtc", "rpm-5", "vtc-oracle-0.2"]
 
 
-def test_heap_ascending_walk_matches_sorting_and_leaves_the_heap_alone():
-    rnd = random.Random(3)
-    heap = ClientHeap()
-    keys = {c: rnd.randrange(50) for c in range(200)}
-    for c, k in keys.items():
-        heap.push(c, k)
-    walked = list(heap.ascending())
-    assert walked == sorted(((c, k) for c, k in keys.items()), key=lambda ck: (ck[1], ck[0]))
-    assert heap.peek() == walked[0][0] and len(heap) == 200
