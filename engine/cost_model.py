@@ -121,10 +121,16 @@ def prefill_attn_pairs(chunk_len: ArrayLike, context_before: ArrayLike = 0) -> A
     return _ret(out)
 
 
+_PLAIN = (int, float)
+
+
 def _scalars(*values) -> bool:
     """All plain Python numbers: the step path evaluates one step in plain floats, the same
     operations in the same order as the numpy path (numpy's overhead would dominate a step)."""
-    return all(type(v) in (int, float) for v in values)
+    for v in values:
+        if type(v) not in _PLAIN:
+            return False
+    return True
 
 
 def _ret(x: np.ndarray) -> ArrayLike:

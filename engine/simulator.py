@@ -153,12 +153,22 @@ class _Batch:
         self.n += 1
         return self.n - 1
 
-    def keep(self, mask: np.ndarray) -> None:
-        """Keep the requests where ``mask`` (over the first n) is True, in order."""
-        m = int(np.count_nonzero(mask))
-        self.a[:, :m] = self.a[:, : self.n][:, mask]
-        self.weight[:m] = self.weight[: self.n][mask]
-        self.n = m
+    def remove(self, positions: list[int]) -> None:
+        """Remove the requests at ``positions`` (ascending), keeping the others in order."""
+        a, weight, n = self.a, self.weight, self.n
+        if len(positions) <= 4:  # usually one or two finish in a step: shift the tail down
+            for p in reversed(positions):
+                a[:, p : n - 1] = a[:, p + 1 : n]
+                weight[p : n - 1] = weight[p + 1 : n]
+                n -= 1
+        else:
+            keep = np.ones(n, dtype=bool)
+            keep[positions] = False
+            m = int(np.count_nonzero(keep))
+            a[:, :m] = a[:, :n][:, keep]
+            weight[:m] = weight[:n][keep]
+            n = m
+        self.n = n
 
 
 class Simulator:
@@ -201,6 +211,12 @@ class Simulator:
         self.reqs = reqs = [Request(*row) for row in zip(*columns)]
         for i, req in enumerate(reqs):
             req.row = i
+        # Requests that could never run on this engine (rejected at arrival), all at once.
+        total = np.asarray(columns[3], dtype=np.int64) + np.asarray(columns[4], dtype=np.int64)
+        runnable = (total + self.bs - 1) // self.bs <= cfg.total_blocks
+        if not cfg.chunked_prefill:
+            runnable &= total <= cfg.max_batch_tokens
+        self._runnable = runnable.tolist()
         self._loop(reqs, arrivals)
         return self._request_table(workload, reqs, scheduler_name or self.policy.name), self.log.close()
 
@@ -233,17 +249,11 @@ class Simulator:
     def _arrive(self, req: Request, now: float) -> None:
         kv_used = 1.0 - self.free / self.config.total_blocks
         req.arrival_state = (self.policy.waiting, self.waiting_tokens, self.batch.n, kv_used)
-        if not self._can_ever_run(req) or not self.policy.on_arrival(req, now):
+        if not self._runnable[req.row] or not self.policy.on_arrival(req, now):
             req.status = "rejected"
             self.finished += 1
             return
         self._enqueue(req)
-
-    def _can_ever_run(self, req: Request) -> bool:
-        cfg = self.config
-        if _ceil_div(req.prompt_tokens + req.output_tokens, self.bs) > cfg.total_blocks:
-            return False
-        return cfg.chunked_prefill or req.prompt_tokens + req.output_tokens <= cfg.max_batch_tokens
 
     def _enqueue(self, req: Request) -> None:
         req.status = "waiting"
@@ -303,10 +313,16 @@ class Simulator:
         prefill_reqs = m - decode_tokens
         if prefill_reqs:
             prefill = ~decoding
-            chunks = tokens[prefill]
-            prefill_tokens = int(chunks.sum())
-            prefill_pairs = float((chunks * (computed[prefill] + (chunks + 1) / 2)).sum())
-            decode_kv = int(computed[decoding].sum()) + decode_tokens
+            if prefill_reqs == 1:  # the usual case, in plain numbers (the same operations)
+                (j,) = np.flatnonzero(prefill).tolist()
+                n, c = int(tokens[j]), int(computed[j])
+                prefill_tokens, prefill_pairs = n, n * (c + (n + 1) / 2)
+                decode_kv = int(computed.sum()) - c + decode_tokens
+            else:
+                chunks = tokens[prefill]
+                prefill_tokens = int(chunks.sum())
+                prefill_pairs = float((chunks * (computed[prefill] + (chunks + 1) / 2)).sum())
+                decode_kv = int(computed[decoding].sum()) + decode_tokens
         else:
             prefill_tokens, prefill_pairs = 0, 0.0
             decode_kv = int(computed.sum()) + decode_tokens
@@ -526,23 +542,22 @@ class Simulator:
         self.policy.on_tokens(reqs, k)
 
     def _finish(self, pos: np.ndarray, end: float) -> None:
+        """The requests at ``pos`` (ascending positions) produced their last token."""
         batch = self.batch
-        a = batch.a
-        self.free += int(a[BLOCKS, pos].sum())
+        rows, computed, generated, blocks = batch.a[[ROW, COMPUTED, GENERATED, BLOCKS]][:, pos].tolist()
+        self.free += sum(blocks)
         policy = self.policy
         reqs = self.reqs
-        for r, computed, generated in zip(a[ROW, pos].tolist(), a[COMPUTED, pos].tolist(), a[GENERATED, pos].tolist()):
+        for r, c, g in zip(rows, computed, generated):
             req = reqs[r]
-            req.computed = computed
-            req.generated = generated
+            req.computed = c
+            req.generated = g
             req.decoding = True
             req.finish_s = end
             req.status = "finished"
             policy.on_finish(req, end)
-        keep = np.ones(batch.n, dtype=bool)
-        keep[pos] = False
-        batch.keep(keep)
-        self.finished += len(pos)
+        batch.remove(pos.tolist())
+        self.finished += len(rows)
         if self.progress is not None:
             self.progress(self.finished)
 

@@ -106,35 +106,34 @@ class ClientCounters:
             self.totals[row] += value - old
             self._refresh(i // BLOCK)
 
-    def add_many(self, columns: np.ndarray, amounts: np.ndarray) -> None:
-        """Add ``amounts[row, j]`` to client ``columns[j]`` (distinct) for every row."""
-        self.values[:, columns] += amounts
-        self.keys[:, columns] += amounts  # inf stays inf for the clients not backlogged
+    def add_many(self, row: int, columns: np.ndarray, amounts: np.ndarray) -> None:
+        """Add ``amounts[j]`` to counter ``row`` of client ``columns[j]`` (distinct columns)."""
+        self.values[row, columns] += amounts
+        self.keys[row, columns] += amounts  # inf stays inf for the clients not backlogged
         mine = self.backlogged[columns]
         if mine.any():
-            for row in range(self.rows):
-                self.totals[row] += float(amounts[row, mine].sum())
-            self._refresh(np.unique(columns[mine] // BLOCK))
+            self.totals[row] += float(amounts[mine].sum())
+            self._refresh(np.unique(columns[mine] // BLOCK), row)
 
-    def add_dense(self, amounts: np.ndarray) -> None:
-        """Add ``amounts[row, j]`` to client ``j``, for the first ``amounts.shape[1]`` clients
-        (one pass over them: cheaper than ``add_many`` when clients are few)."""
-        m = amounts.shape[1]
-        self.values[:, :m] += amounts
-        self.keys[:, :m] += amounts
-        mine = self.backlogged[:m]
-        for row in range(self.rows):
-            self.totals[row] += float(amounts[row, mine].sum())
+    def add_dense(self, row: int, amounts: np.ndarray) -> None:
+        """Add ``amounts[j]`` to counter ``row`` of client ``j``, for the first ``len(amounts)``
+        clients (one pass over them: cheaper than ``add_many`` when clients are few)."""
+        m = len(amounts)
+        self.values[row, :m] += amounts
+        self.keys[row, :m] += amounts
+        self.totals[row] += float(amounts[self.backlogged[:m]].sum())
         blocks = (m + BLOCK - 1) // BLOCK
-        self._refresh(0 if blocks == 1 else np.arange(blocks))
+        self._refresh(0 if blocks == 1 else np.arange(blocks), row)
 
-    def _refresh(self, blocks) -> None:
-        """Recompute the block minima of ``blocks`` (one block index or an array of them)."""
+    def _refresh(self, blocks, row: int | None = None) -> None:
+        """Recompute the block minima of ``blocks`` (one block index or an array of them), of
+        one row or all."""
+        rows = slice(None) if row is None else row
         if isinstance(blocks, (int, np.integer)):
-            self.block_min[:, blocks] = self.keys[:, blocks * BLOCK : (blocks + 1) * BLOCK].min(axis=1)
+            self.block_min[rows, blocks] = self.keys[rows, blocks * BLOCK : (blocks + 1) * BLOCK].min(axis=-1)
             return
         n = self.block_min.shape[1]
-        self.block_min[:, blocks] = self.keys.reshape(self.rows, n, BLOCK)[:, blocks].min(axis=2)
+        self.block_min[rows, blocks] = self.keys.reshape(self.rows, n, BLOCK)[rows, blocks].min(axis=-1)
 
     # -- queries -----------------------------------------------------------------------
     def value(self, i: int, row: int = 0) -> float:

@@ -123,7 +123,7 @@ class Equinox(ClientQueues):
         self._budget: int | None = None
         self._next_log = 0.0
         self.trajectory: list[tuple[float, str, float, float, float]] = []
-        self._changed: set[int] = set()  # clients whose counters moved since the last sample
+        self._changed = np.zeros(0, dtype=bool)  # clients whose counters moved since the last sample
         # Per-step charging and a budget that moves between steps need every step reported.
         self.exact_under_fast_forward = knobs.beta == 0 and not knobs.adaptive_budget
 
@@ -141,7 +141,7 @@ class Equinox(ClientQueues):
     def _add(self, client: str, ufc: float = 0.0, rfc: float = 0.0) -> None:
         i = self._counters.index[client]
         self._counters.add(i, (ufc, rfc))
-        self._changed.add(i)
+        self._changed[i] = True
 
     def set_counters(self, client: str, ufc: float, rfc: float) -> None:
         """Set a known client's counters (for tests and tools)."""
@@ -181,7 +181,9 @@ class Equinox(ClientQueues):
 
     # -- queue -------------------------------------------------------------------------
     def _new_client(self, client: str) -> None:
-        self._counters.add_client(client)
+        i = self._counters.add_client(client)
+        if i == len(self._changed):
+            self._changed = np.concatenate((self._changed, np.zeros(max(i, 64), dtype=bool)))
 
     def _new_head(self, req: Request, now: float) -> None:
         self._head_since.setdefault(req.request_id, now)
@@ -312,17 +314,15 @@ class Equinox(ClientQueues):
     def _charge_clients(self, clients, amounts, row: int) -> None:
         """Add per-request ``amounts`` to counter ``row`` (UFC or RFC) of their ``clients``."""
         counters = self._counters
-        if len(counters.names) <= DENSE_CLIENTS:
-            per_client = np.zeros((2, len(counters.names)))
-            per_client[row] = np.bincount(clients, weights=amounts, minlength=len(counters.names))
-            counters.add_dense(per_client)
-            self._changed.update(np.flatnonzero(per_client[row]).tolist())
+        n = len(counters.names)
+        if n <= DENSE_CLIENTS:
+            per_client = np.bincount(clients, weights=amounts, minlength=n)
+            counters.add_dense(row, per_client)
+            self._changed[:n] |= per_client != 0
         else:
             unique, inverse = np.unique(clients, return_inverse=True)
-            per_client = np.zeros((2, len(unique)))
-            per_client[row] = np.bincount(inverse, weights=amounts)
-            counters.add_many(unique, per_client)
-            self._changed.update(unique.tolist())
+            counters.add_many(row, unique, np.bincount(inverse, weights=amounts))
+            self._changed[unique] = True
 
     def _measure(self, duration_s: float, tokens: int) -> None:
         if not tokens:
@@ -372,11 +372,11 @@ class Equinox(ClientQueues):
         """Sample the counters of the clients that changed since the last sample (HF: NaN when idle)."""
         a, b = self._scales()
         counters = self._counters
-        for i in sorted(self._changed):
+        for i in np.flatnonzero(self._changed).tolist():
             ufc, rfc = counters.value(i, UFC), counters.value(i, RFC)
             hf = a * ufc + b * rfc if counters.backlogged[i] else float("nan")
             self.trajectory.append((now, counters.names[i], ufc, rfc, hf))
-        self._changed.clear()
+        self._changed[:] = False
         self._next_log = now + self.knobs.log_interval_s
 
     def describe(self) -> dict:

@@ -89,15 +89,15 @@ class VTC(ClientQueues):
         if per_client:
             columns = np.fromiter(per_client, dtype=np.int64, count=len(per_client))
             amounts = np.fromiter(per_client.values(), dtype=np.float64, count=len(per_client))
-            self._counters.add_many(columns, amounts[None, :])
+            self._counters.add_many(0, columns, amounts)
 
     def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
         prices = (self.service.w_q * k) / weights
         if len(self._counters.names) <= DENSE_CLIENTS:  # sum per client over every client
-            self._counters.add_dense(np.bincount(slots, weights=prices)[None, :])
+            self._counters.add_dense(0, np.bincount(slots, weights=prices))
         else:  # over the clients in the batch only
             clients, inverse = np.unique(slots, return_inverse=True)
-            self._counters.add_many(clients, np.bincount(inverse, weights=prices)[None, :])
+            self._counters.add_many(0, clients, np.bincount(inverse, weights=prices))
 
     def on_finish(self, req: Request, now: float) -> None:
         self._charge(self._counters.index[req.client], self.finish_charge(req) / req.weight)

@@ -70,16 +70,18 @@ def test_client_counters_match_a_brute_force_minimum():
             values[i][row] = value
             counters.set(i, row, value)
         elif op < 0.85:
+            row = rnd.randrange(2)
             columns = np.array(sorted(rnd.sample(range(len(values)), min(30, len(values)))))
-            amounts = np.array([[rnd.uniform(0, 5) for _ in columns], [rnd.uniform(0, 1) for _ in columns]])
+            amounts = np.array([rnd.uniform(0, 5) for _ in columns])
             for j, c in enumerate(columns.tolist()):
-                values[c] = [values[c][0] + amounts[0, j], values[c][1] + amounts[1, j]]
-            counters.add_many(columns, amounts)
+                values[c][row] += amounts[j]
+            counters.add_many(row, columns, amounts)
         else:
-            amounts = np.array([[rnd.choice([0.0, 1.0, 2.5]) for _ in values], [0.0] * len(values)])
+            row = rnd.randrange(2)
+            amounts = np.array([rnd.choice([0.0, 1.0, 2.5]) for _ in values])
             for c in range(len(values)):
-                values[c][0] += amounts[0, c]
-            counters.add_dense(amounts)
+                values[c][row] += amounts[c]
+            counters.add_dense(row, amounts)
         if step % 7 == 0:
             check()
     assert len(values) > 512  # three blocks of 256
