@@ -154,10 +154,10 @@ class _Batch:
         return self.n - 1
 
     def remove(self, positions: list[int]) -> None:
-        """Remove the requests at ``positions`` (ascending), keeping the others in order."""
+        """Remove the requests at ``positions``, keeping the others in order."""
         a, weight, n = self.a, self.weight, self.n
         if len(positions) <= 4:  # usually one or two finish in a step: shift the tail down
-            for p in reversed(positions):
+            for p in sorted(positions, reverse=True):
                 a[:, p : n - 1] = a[:, p + 1 : n]
                 weight[p : n - 1] = weight[p + 1 : n]
                 n -= 1
@@ -357,16 +357,17 @@ class Simulator:
         done = generated >= cols[OUTPUT]
         if pos is not None:
             a[:, pos] = cols
-        where = np.arange(m) if pos is None else pos
         if produced is None:
             self._charge_tokens(slice(0, m) if pos is None else pos, 1)
         else:
             done &= produced
-            if produced.any():
-                self._charge_tokens(where[produced], 1)
-        finished = int(np.count_nonzero(done))
+            produced = np.flatnonzero(produced)
+            if len(produced):
+                self._charge_tokens(produced if pos is None else pos[produced], 1)
+        done = np.flatnonzero(done)
+        finished = len(done)
         if finished:
-            self._finish(where[done], end)
+            self._finish(done if pos is None else pos[done], end)
 
         self.log.row(
             step=self.step, start_s=now, duration_s=dt, busy=True,
@@ -542,7 +543,7 @@ class Simulator:
         self.policy.on_tokens(reqs, k)
 
     def _finish(self, pos: np.ndarray, end: float) -> None:
-        """The requests at ``pos`` (ascending positions) produced their last token."""
+        """The requests at ``pos`` produced their last token."""
         batch = self.batch
         rows, computed, generated, blocks = batch.a[[ROW, COMPUTED, GENERATED, BLOCKS]][:, pos].tolist()
         self.free += sum(blocks)

@@ -168,6 +168,10 @@ class ClientCounters:
 
         The block with the smallest bound is opened first; another block is opened only if
         its bound could still beat (or tie from a lower column) the best score found."""
+        if self.block_min.shape[1] == 1:  # one block: no bounds needed
+            scores = self._scores(0, coef)
+            j = int(scores.argmin())
+            return None if scores[j] == INF else (j, float(scores[j]))
         bounds = self._bounds(coef)
         block = int(bounds.argmin())
         if bounds[block] == INF:
@@ -175,7 +179,7 @@ class ClientCounters:
         scores = self._scores(block, coef)
         j = int(scores.argmin())
         best, best_i = float(scores[j]), block * BLOCK + j
-        if len(bounds) > 1 and sum(1 for c in coef if c) > 1:  # with one coefficient the bounds are exact
+        if sum(1 for c in coef if c) > 1:  # with one coefficient the bounds are exact
             starts = np.arange(0, len(bounds) * BLOCK, BLOCK)
             maybe = (bounds < best) | ((bounds == best) & (starts < best_i))
             maybe[block] = False

@@ -84,14 +84,14 @@ def test_step_rows_tile_the_time_line_with_idle_gaps():
     assert steps.start_s.iloc[3] == 10.0
 
 
-def _random_workload(n=400, clients=5, seed=0):
+def _random_workload(n=400, clients=5, seed=0, weight_choices=(1.0, 2.0)):
     rng = np.random.default_rng(seed)
     return make_table(
         [f"c{i}" for i in rng.integers(0, clients, n)],
         np.cumsum(rng.exponential(0.05, n)),
         rng.integers(1, 600, n),
         rng.integers(1, 300, n),
-        weight=rng.choice([1.0, 2.0], n),
+        weight=rng.choice(weight_choices, n),
     )
 
 
@@ -107,6 +107,52 @@ def test_fast_forward_equals_step_by_step(policy, kv):
         assert pa_a.equals(pa_b)
     if kv == 4096:
         assert fast[0].preemptions.sum() > 0  # the small cache exercises preemption
+
+
+ENGINES = {
+    "chunked": dict(max_batch_tokens=512),
+    "stall-free": dict(max_batch_tokens=512, stall_free=True),
+    "unchunked": dict(max_batch_tokens=1024, chunked_prefill=False),
+    "merge-every-4": dict(max_batch_tokens=512, admit_every=4),
+}
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "vtc", "lcf", "vtc-predict", "vtc-oracle:0.3", "rpm:20", "equinox"])
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("kv", [4096, 200_000])
+def test_vectorised_engine_equals_a_plain_per_request_loop(policy, engine, kv):
+    """The simulator keeps its batch in arrays and charges policies per step in one call;
+    tests/reference_engine.py does the same one request object at a time. Same numbers."""
+
+    table = _random_workload(weight_choices=(1.0, 1.6, 2.0))
+    _assert_equals_reference(table, policy, kv_capacity_tokens=kv, max_running=64, **ENGINES[engine])
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "equinox"])
+def test_vectorised_engine_equals_the_plain_loop_when_many_finish_at_once(policy):
+    """Outputs of 1-3 tokens and prompts over the budget: requests finish in the step their
+    (chunked) prefill completes, several per step, beside decodes that finish too."""
+    rng = np.random.default_rng(5)
+    n = 300
+    table = make_table([f"c{i}" for i in rng.integers(0, 4, n)], np.cumsum(rng.exponential(0.01, n)),
+                       rng.integers(1, 600, n), rng.integers(1, 4, n))  # fmt: skip
+    _assert_equals_reference(table, policy, kv_capacity_tokens=200_000, max_running=64, max_batch_tokens=256,
+                             stall_free=True)  # fmt: skip
+
+
+def _assert_equals_reference(table, policy, **engine):
+    import reference_engine
+
+    cost = LinearCost(base=0.01, per_token=1e-5)
+    config = EngineConfig(fast_forward=False, **engine)
+    requests, steps = Simulator(config, cost, make_policy(policy)).run(table)
+    expected_requests, expected_steps = reference_engine.replay(table, config, cost, make_policy(policy))
+    got = list(zip(*(requests.column(c).to_pylist() for c in reference_engine.REQUEST_COLUMNS)))
+    assert got == expected_requests
+    got = list(zip(*(steps.column(c).to_pylist() for c in reference_engine.STEP_COLUMNS)))
+    assert got == expected_steps
+    if config.kv_capacity_tokens == 4096 and config.chunked_prefill:
+        assert sum(r[-1] for r in expected_requests) > 0  # the small cache exercises preemption
 
 
 def test_every_request_gets_all_its_tokens():
