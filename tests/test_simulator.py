@@ -109,6 +109,33 @@ def test_fast_forward_equals_step_by_step(policy, kv):
         assert fast[0].preemptions.sum() > 0  # the small cache exercises preemption
 
 
+def test_fast_forward_equals_step_by_step_for_equinox_with_one_counter(monkeypatch):
+    """Equinox with beta = 0 and a fixed budget charges nothing per step: the fast path applies,
+    moves whole stretches, and changes nothing."""
+    from schedulers import Equinox, EquinoxKnobs
+
+    knobs = EquinoxKnobs(alpha=1.0, beta=0.0, adaptive_budget=False)
+    assert Equinox(knobs).exact_under_fast_forward
+    stretches = []
+    original = Simulator._stretch
+
+    def counted(self, now, next_arrival):
+        end = original(self, now, next_arrival)
+        stretches.append(end is not None)
+        return end
+
+    monkeypatch.setattr(Simulator, "_stretch", counted)
+    table = _random_workload()
+    cost = LinearCost(base=0.01, per_token=1e-5)
+    for kv in (4096, 200_000):
+        runs = []
+        for fast in (True, False):
+            config = EngineConfig(kv_capacity_tokens=kv, max_running=64, max_batch_tokens=512, fast_forward=fast)
+            runs.append(Simulator(config, cost, Equinox(knobs)).run(table))
+        assert runs[0][0].equals(runs[1][0]) and runs[0][1].equals(runs[1][1])
+    assert sum(stretches) > 10
+
+
 ENGINES = {
     "chunked": dict(max_batch_tokens=512),
     "stall-free": dict(max_batch_tokens=512, stall_free=True),
