@@ -127,17 +127,25 @@ def roofline_model(gpu: str, model: str) -> RooflineCostModel:
     )
 
 
+# vLLM 0.32's defaults for its OpenAI server (EngineArgs._set_default_args): max_num_seqs and
+# max_num_batched_tokens are 1024 and 8192 on GPUs of 70 GiB or more other than the A100, else
+# 256 and 2048.
+VLLM_SERVER_LIMITS = {"h100": (1024, 8192)}
+VLLM_SERVER_DEFAULT_LIMITS = (256, 2048)
+
+
 def _vllm_preset(gpu: str, model: str) -> EnginePreset:
-    """vLLM defaults: max_num_seqs 256, max_num_batched_tokens 2048 (chunked prefill), block 16."""
+    """vLLM's server defaults for the GPU (``VLLM_SERVER_LIMITS``), chunked prefill, block 16."""
     hw, spec, tp = HARDWARE[gpu], MODELS[model], TENSOR_PARALLEL[model]
+    max_running, max_batch_tokens = VLLM_SERVER_LIMITS.get(gpu, VLLM_SERVER_DEFAULT_LIMITS)
     return EnginePreset(
         name=f"{gpu}-{model}",
         hardware=hw,
         model=spec,
         cost_model=roofline_model(gpu, model),
         kv_capacity_tokens=kv_capacity_tokens(hw, spec, tp),
-        max_running=256,
-        max_batch_tokens=2048,
+        max_running=max_running,
+        max_batch_tokens=max_batch_tokens,
         tensor_parallel=tp,
     )
 
