@@ -283,12 +283,10 @@ class Simulator:
         cfg = self.config
         batch = self.batch
         budget = step_budget = self.policy.token_budget(cfg.max_batch_tokens)
-        preempted = 0
         planned = self._schedule_running(budget)
-        if planned is None:  # a block shortage (preemption) or a prefill that must wait its turn
-            pos, tokens, preempted = self._schedule_running_in_order(budget)
-        else:
-            pos, tokens = planned  # pos None: the first len(tokens) positions, in order
+        if planned is None:  # stall-free with a block shortage, or a prefill that must wait its turn
+            planned = self._schedule_running_in_order(budget)
+        pos, tokens, preempted = planned  # pos None: the first len(tokens) positions, in order
         budget = step_budget - int(tokens.sum())
 
         admitted = 0
@@ -390,18 +388,18 @@ class Simulator:
         decoding = self.batch.a[DECODING, :n] != 0
         return np.concatenate((np.flatnonzero(decoding), np.flatnonzero(~decoding)))
 
-    def _schedule_running(self, budget: int) -> tuple[np.ndarray | None, np.ndarray] | None:
-        """Schedule the running requests in one vectorised move: (positions, tokens), positions
-        None when they are all scheduled in admission order.
+    def _schedule_running(self, budget: int) -> tuple[np.ndarray | None, np.ndarray, int] | None:
+        """Schedule the running requests in a few array operations: (positions, tokens,
+        preempted), positions None when they are the first ``len(tokens)`` in admission order.
 
-        None when the in-order walk is needed instead: the KV cache cannot hold the step's new
-        blocks (someone is preempted), or, without chunked prefill, a prefill does not fit the
-        budget (it is skipped and later requests may still fit).
+        None when the in-order walk is needed instead: in stall-free order when the KV cache
+        cannot hold the step's new blocks, or, without chunked prefill, when a prefill does not
+        fit the budget (it is skipped and later requests may still fit).
         """
         batch = self.batch
         n = batch.n
         if not n:
-            return None, _EMPTY
+            return None, _EMPTY, 0
         a = batch.a
         pending = a[PROMPT, :n] + a[GENERATED, :n] - a[COMPUTED, :n]  # 1 for a decode
         if self.config.stall_free and not a[DECODING, :n].all():
@@ -416,23 +414,55 @@ class Simulator:
             ends = np.cumsum(pending)
             tokens = np.clip(budget - (ends - pending), 0, pending)
             take = tokens > 0
-            pos = (np.arange(n) if order is None else order)[take]
             tokens = tokens[take]
+            pos = None if order is None else order[take]  # in admission order, a prefix
         else:
             return None
+        m = len(tokens)
         if pos is None:
-            need = (a[COMPUTED, :n] + pending + self.bs - 1) // self.bs - a[BLOCKS, :n]
+            need = (a[COMPUTED, :m] + tokens + self.bs - 1) // self.bs - a[BLOCKS, :m]
         else:
             need = (a[COMPUTED, pos] + tokens + self.bs - 1) // self.bs - a[BLOCKS, pos]
         total = int(need.sum())
-        if total > self.free:
+        if total <= self.free:
+            self.free -= total
+            if pos is None:
+                a[BLOCKS, :m] += need
+            else:
+                a[BLOCKS, pos] += need
+            return pos, tokens, 0
+        if pos is not None:
             return None
-        self.free -= total
-        if pos is None:
-            a[BLOCKS, :n] += need
+        return self._schedule_with_preemption(tokens, need)
+
+    def _schedule_with_preemption(self, tokens: np.ndarray, need: np.ndarray) -> tuple[None, np.ndarray, int]:
+        """Admission order with a block shortage, in array operations: request i is scheduled
+        once the most recently admitted requests are preempted until the blocks the first i + 1
+        need fit; when that would preempt request i itself, it and everything after it go.
+
+        ``need[i]`` is the new blocks of the i-th request (the first ``len(need)`` get tokens).
+        With ``S[c]`` the blocks held by the requests from c on and ``C[i]`` the blocks the
+        first i + 1 need, request i needs the cut ``c_i = max {c : C[i] <= free + S[c]}``; the
+        first i with ``c_i <= i`` is preempted with all after it, else the last cut stands.
+        """
+        batch = self.batch
+        a = batch.a
+        n = batch.n
+        held = a[BLOCKS, :n]
+        tail = np.concatenate((np.cumsum(held[::-1])[::-1], [0]))  # S[c], c = 0..n, non-increasing
+        needed = np.cumsum(need)
+        cuts = np.searchsorted(-tail, self.free - needed, side="right") - 1
+        stuck = cuts <= np.arange(len(need))
+        if stuck.any():
+            scheduled = cut = int(stuck.argmax())
         else:
-            a[BLOCKS, pos] += need
-        return pos, tokens
+            scheduled, cut = len(need), int(cuts[-1])
+        if scheduled:
+            a[BLOCKS, :scheduled] += need[:scheduled]
+            self.free -= int(needed[scheduled - 1])
+        for _ in range(n - cut):  # the most recently admitted first, as the in-order walk pops them
+            self._preempt_last()
+        return None, tokens[:scheduled], n - cut
 
     def _schedule_running_in_order(self, budget: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Schedule the running requests one by one, preempting the most recently admitted
@@ -494,6 +524,8 @@ class Simulator:
             return n > 0 and _ceil_div(n, bs) <= self.free
 
         while batch.n < cfg.max_running and budget > 0:
+            if self._nothing_fits(budget, self.free):  # spare the policy a search that cannot succeed
+                break
             req = self.policy.select(fits)
             if req is None:
                 break
@@ -563,28 +595,38 @@ class Simulator:
             self.progress(self.finished)
 
     # -- fast-forward of pure decode stretches ----------------------------------------
+    def _fewest_pending(self) -> int | None:
+        """The fewest tokens any waiting request must compute to start (None: nobody waits).
+
+        A lazy heap: entries of requests no longer waiting are dropped when they surface; an
+        entry of a request preempted since is a lower bound of its pending tokens (it only grew)."""
+        heap = self._min_pending
+        while heap and heap[0][2].status != "waiting":
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _nothing_fits(self, budget: int, free: int) -> bool:
+        """True when no waiting request fits ``budget`` tokens and ``free`` blocks: the one with
+        the fewest pending tokens is the easiest to fit (its chunk and blocks are the smallest)."""
+        easiest = self._fewest_pending()
+        if easiest is None:
+            return True
+        n = self._chunk(easiest, budget)
+        return n == 0 or _ceil_div(n, self.bs) > free
+
     def _admission_blocked(self, decode_blocks_first_step: int) -> bool:
         """True when no waiting request can be admitted during a decode-only stretch.
 
         Free blocks only shrink during the stretch and the budget left is constant,
-        so if the easiest waiting request (fewest pending tokens) does not fit at
-        the first step, no waiting request fits at any step of it.
+        so if the easiest waiting request does not fit at the first step, no waiting
+        request fits at any step of it.
         """
         cfg = self.config
         running = self.batch.n
         if self.policy.waiting == 0 or running >= cfg.max_running:
             return True
         budget = cfg.max_batch_tokens - running
-        if budget <= 0:
-            return True
-        heap = self._min_pending
-        while heap and heap[0][2].status != "waiting":
-            heapq.heappop(heap)
-        if not heap:
-            return True
-        easiest = heap[0][0]
-        n = self._chunk(easiest, budget)
-        return n == 0 or _ceil_div(n, self.bs) > self.free - decode_blocks_first_step
+        return budget <= 0 or self._nothing_fits(budget, self.free - decode_blocks_first_step)
 
     def _stretch(self, now: float, next_arrival: float) -> float | None:
         """Advance k >= 1 pure decode steps in one move; None when not possible."""

@@ -195,9 +195,14 @@ class ClientCounters:
     def within(self, coef: tuple[float, ...], upto: float) -> list[tuple[int, float]]:
         """Every backlogged client whose score is at most ``upto``, by increasing (score, first seen)."""
         bounds = self._bounds(coef)
-        found: list[tuple[int, float]] = []
+        columns, scores = [], []
         for block in np.flatnonzero(bounds <= upto).tolist():
-            scores = self._scores(block, coef)
-            for j in np.flatnonzero((scores <= upto) & (scores < INF)).tolist():
-                found.append((block * BLOCK + j, float(scores[j])))
-        return sorted(found, key=lambda item: (item[1], item[0]))
+            block_scores = self._scores(block, coef)
+            inside = np.flatnonzero((block_scores <= upto) & (block_scores < INF))
+            columns.append(inside + block * BLOCK)
+            scores.append(block_scores[inside])
+        if not columns:
+            return []
+        columns, scores = np.concatenate(columns), np.concatenate(scores)
+        order = np.lexsort((columns, scores))
+        return list(zip(columns[order].tolist(), scores[order].tolist()))
