@@ -524,10 +524,11 @@ How they were fitted (least squares on relative error, offsets constrained >= 0)
 
 * **Attention** (`a100_Llama-2-70b-hf_attention.csv`, one layer, TP 2, FlashAttention): prefill rows
   (`batch_size` 1, `prefill_chunk_size`, `kv_cache_size` = context before the chunk) give
-  `attention_eff` = {attn['attention_eff']} and a per-layer overhead of {1e6 * attn['prefill_overhead_layer_s']:.1f} us;
-  decode rows (`batch_size` requests of `kv_cache_size` KV tokens each), with the a100-llama2-70b
-  linear fit's `memory_eff`, give a per-layer overhead of {1e6 * attn['decode_overhead_layer_s']:.1f} us and a per-request
-  overhead of {1e6 * attn['request_overhead_layer_s']:.2f} us per layer. `step_overhead_s` = linear overhead +
+  `attention_eff` = {attn['attention_eff']} and a per-layer overhead of
+  {1e6 * attn['prefill_overhead_layer_s']:.1f} us; decode rows (`batch_size` requests of `kv_cache_size` KV
+  tokens each), with the a100-llama2-70b linear fit's `memory_eff`, give a per-layer overhead of
+  {1e6 * attn['decode_overhead_layer_s']:.1f} us and a per-request overhead of
+  {1e6 * attn['request_overhead_layer_s']:.2f} us per layer. `step_overhead_s` = linear overhead +
   `n_layers` x the mean of the two per-layer attention overheads; `request_overhead_s` =
   `n_layers` x the per-request one (0: the kernels show no per-request cost). The A100 numbers
   serve every A100 preset; **no H100 attention profile exists**: H100 `attention_eff` assumes

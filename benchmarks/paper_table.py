@@ -193,7 +193,8 @@ def main() -> None:
         f"seed {SEED}. MoPE trained on a VTC replay of ShareGPT conversations 1000-1999. Synthetic workloads "
         f"and the VTC LMSYS trace are replayed {1 / SYNTHETIC_TIME_SCALE:.0f}x faster than recorded (their rates "
         f"target VTC's A10G engine); ShareGPT: first 1,000 conversations, 8 Zipf clients, Poisson "
-        f"{SHAREGPT_RATE:g} req/s; Azure: the conversation trace at {1 / AZURE_TIME_SCALE:g}x its rate, 8 Zipf clients.",
+        f"{SHAREGPT_RATE:g} req/s; Azure: the conversation trace at {1 / AZURE_TIME_SCALE:g}x its rate, "
+        "8 Zipf clients.",
         "",
         "## Equinox / VTC ratios",
         "",

@@ -2,8 +2,10 @@
 
 For 10, 1,000 and 100,000 tenants with 100,000 waiting requests spread over them, times one
 admission decision (``select`` + ``admit``, plus the arrival that keeps the queue full) and one
-engine step's bookkeeping (``on_tokens`` and ``on_step`` for a 256-request batch), for VTC and
-Equinox.  Prints microseconds per decision and the ratio to the 10-tenant case measured in the
+engine step's bookkeeping for a 256-request batch, for VTC and Equinox: through the
+per-request calls (``on_tokens`` with Request objects and ``on_step`` with pairs, as the vLLM
+adapter makes them) and through the array calls the simulator makes (``on_tokens_slots``,
+``on_step_slots``).  Prints microseconds and the ratio to the 10-tenant case measured in the
 same run: flat or logarithmic growth is the goal.
 
     python benchmarks/scheduler_cost.py [--decisions 5000]
@@ -20,8 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from engine.request import Request  # noqa: E402
-from schedulers import EquinoxKnobs, make_policy  # noqa: E402
+from schedulers import EquinoxKnobs, Policy, make_policy  # noqa: E402
 
 WAITING = 100_000
 BATCH = 256
@@ -35,7 +39,7 @@ def filled(spec: str, tenants: int, seed: int = 0):
     return policy, rnd
 
 
-def time_decisions(spec: str, tenants: int, decisions: int) -> tuple[float, float]:
+def time_decisions(spec: str, tenants: int, decisions: int) -> tuple[float, float, float]:
     policy, rnd = filled(spec, tenants)
     fits = lambda r: True  # noqa: E731
     running = []
@@ -60,7 +64,18 @@ def time_decisions(spec: str, tenants: int, decisions: int) -> tuple[float, floa
         policy.on_tokens(batch, 1)
         policy.on_step(2.0 + step * 0.02, 0.02, [(r, 1) for r in batch])
     per_step = (time.perf_counter() - start) / steps
-    return per_decision * 1e6, per_step * 1e6
+    slots = np.array([r.slot for r in batch], dtype=np.int64)
+    weights = np.array([r.weight for r in batch])
+    ones = np.ones(len(batch), dtype=np.int64)
+    generated = np.array([r.generated for r in batch], dtype=np.int64)
+    start = time.perf_counter()
+    for step in range(steps):
+        generated += 1
+        policy.on_tokens_slots(slots, generated, weights, 1)
+        if type(policy).on_step_slots is not Policy.on_step_slots:
+            policy.on_step_slots(6.0 + step * 0.02, 0.02, slots, ones)
+    per_array_step = (time.perf_counter() - start) / steps
+    return per_decision * 1e6, per_step * 1e6, per_array_step * 1e6
 
 
 def main() -> None:
@@ -68,13 +83,16 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=5000)
     args = parser.parse_args()
     print(f"{WAITING:,} waiting requests; {BATCH}-request batches; {args.decisions:,} decisions each")
-    print(f"{'scheduler':>9} {'tenants':>8} {'us/decision':>12} {'x 10 tenants':>13} {'us/step':>9} {'x 10 tenants':>13}")
+    print(f"{'scheduler':>9} {'tenants':>8} {'us/decision':>12} {'x 10':>6} {'us/step (requests)':>19} {'x 10':>6} "
+          f"{'us/step (arrays)':>17} {'x 10':>6}")  # fmt: skip
     for spec in ("vtc", "equinox"):
         base = None
         for tenants in (10, 1_000, 100_000):
-            decision, step = time_decisions(spec, tenants, args.decisions)
-            base = base or (decision, step)
-            print(f"{spec:>9} {tenants:>8,} {decision:>12.1f} {decision / base[0]:>13.2f} {step:>9.0f} {step / base[1]:>13.2f}")
+            times = time_decisions(spec, tenants, args.decisions)
+            base = base or times
+            x = [t / b for t, b in zip(times, base)]
+            print(f"{spec:>9} {tenants:>8,} {times[0]:>12.1f} {x[0]:>6.2f} {times[1]:>19.0f} {x[1]:>6.2f} "
+                  f"{times[2]:>17.0f} {x[2]:>6.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
