@@ -14,7 +14,6 @@ import pyarrow as pa
 
 from engine.presets import DEFAULT_PRESET, get_preset
 from engine.results import (
-    COUNTER_SCHEMA,
     COUNTERS_FILE,
     REQUESTS_FILE,
     RUN_FILE,
@@ -66,20 +65,8 @@ def _versions() -> dict:
 
 def counters_table(policy) -> pa.Table | None:
     """Equinox's per-client counter trajectory (``counters.parquet``), if the policy keeps one."""
-    rows = getattr(policy, "trajectory", None)
-    if not rows:
-        return None
-    time_s, client, ufc, rfc, hf = zip(*rows)
-    return pa.table(
-        {
-            "time_s": list(time_s),
-            "client_id": list(client),
-            "ufc": list(ufc),
-            "rfc": list(rfc),
-            "hf": [None if h != h else h for h in hf],  # NaN: not backlogged
-        },
-        schema=COUNTER_SCHEMA,
-    )
+    trajectory = getattr(policy, "trajectory", None)
+    return trajectory.table() if trajectory is not None and len(trajectory) else None
 
 
 def write_run_files(

@@ -31,11 +31,14 @@ the client's moving average (as VTC-predict).  Every knob is in ``EquinoxKnobs``
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from engine.request import Request
+from engine.results import COUNTER_SCHEMA
 from schedulers.client_queues import ClientQueues
 from schedulers.counters import DENSE_CLIENTS, ClientCounters
 
@@ -103,6 +106,40 @@ class _Charges:
         self._free.append(slot)
 
 
+class Trajectory:
+    """Equinox's counter samples (``counters.parquet``) as typed columns: a long replay takes
+    millions (every client that changed, every ``log_interval_s``)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names  # client index -> name
+        self.time_s, self.ufc, self.rfc, self.hf = array("d"), array("d"), array("d"), array("d")
+        self.client = array("q")
+
+    def __len__(self) -> int:
+        return len(self.time_s)
+
+    def append(self, now: float, clients: np.ndarray, ufc: np.ndarray, rfc: np.ndarray, hf: np.ndarray) -> None:
+        self.time_s.extend([now] * len(clients))
+        self.client.frombytes(clients.astype(np.int64).tobytes())
+        for column, values in ((self.ufc, ufc), (self.rfc, rfc), (self.hf, hf)):
+            column.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+
+    def table(self) -> pa.Table:
+        hf = np.frombuffer(self.hf, dtype=np.float64)
+        names = pa.array(self.names, type=pa.string())
+        clients = pa.DictionaryArray.from_arrays(pa.array(np.frombuffer(self.client, dtype=np.int64)), names)
+        return pa.table(
+            {
+                "time_s": np.frombuffer(self.time_s, dtype=np.float64),
+                "client_id": clients.cast(pa.string()),
+                "ufc": np.frombuffer(self.ufc, dtype=np.float64),
+                "rfc": np.frombuffer(self.rfc, dtype=np.float64),
+                "hf": pa.array(hf, mask=np.isnan(hf)),  # null: not backlogged
+            },
+            schema=COUNTER_SCHEMA,
+        )
+
+
 class Equinox(ClientQueues):
     name = "equinox"
 
@@ -122,7 +159,7 @@ class Equinox(ClientQueues):
         self._sec_per_token = 0.0  # measured step time per token computed, smoothed
         self._budget: int | None = None
         self._next_log = 0.0
-        self.trajectory: list[tuple[float, str, float, float, float]] = []
+        self.trajectory = Trajectory(self._counters.names)
         self._changed = np.zeros(0, dtype=bool)  # clients whose counters moved since the last sample
         # Per-step charging and a budget that moves between steps need every step reported.
         self.exact_under_fast_forward = knobs.beta == 0 and not knobs.adaptive_budget
@@ -372,10 +409,10 @@ class Equinox(ClientQueues):
         """Sample the counters of the clients that changed since the last sample (HF: NaN when idle)."""
         a, b = self._scales()
         counters = self._counters
-        for i in np.flatnonzero(self._changed).tolist():
-            ufc, rfc = counters.value(i, UFC), counters.value(i, RFC)
-            hf = a * ufc + b * rfc if counters.backlogged[i] else float("nan")
-            self.trajectory.append((now, counters.names[i], ufc, rfc, hf))
+        changed = np.flatnonzero(self._changed)
+        ufc, rfc = counters.values[UFC, changed], counters.values[RFC, changed]
+        hf = np.where(counters.backlogged[changed], a * ufc + b * rfc, np.nan)
+        self.trajectory.append(now, changed, ufc, rfc, hf)
         self._changed[:] = False
         self._next_log = now + self.knobs.log_interval_s
 
