@@ -93,6 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--engines", default="a100,h100", help="comma-separated: " + ", ".join(ENGINES))
+    parser.add_argument("--schedulers", default="vtc,equinox", help="comma-separated")
+    parser.add_argument("--no-step-by-step", action="store_true", help="skip the step-by-step VTC run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--job", choices=["replay", "audit"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -116,8 +118,9 @@ def main() -> None:
             preset, rate = ENGINES[engine]
             source = Path(tmp) / f"{engine}.parquet"
             pq.write_table(workload(n, rate), source)
-            runs = [("vtc", False), ("vtc", True), ("equinox", False)] if engine == "a100" else [
-                ("vtc", False), ("equinox", False)]  # fmt: skip
+            runs = [(scheduler, False) for scheduler in args.schedulers.split(",")]
+            if engine == "a100" and "vtc" in args.schedulers.split(",") and not args.no_step_by_step:
+                runs.insert(1, ("vtc", True))
             vtc_runs = {}
             for scheduler, step_by_step in runs:
                 path = "step-by-step" if step_by_step else "fast-forward"
