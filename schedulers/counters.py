@@ -194,6 +194,11 @@ class ClientCounters:
 
     def within(self, coef: tuple[float, ...], upto: float) -> list[tuple[int, float]]:
         """Every backlogged client whose score is at most ``upto``, by increasing (score, first seen)."""
+        if self.block_min.shape[1] == 1:
+            scores = self._scores(0, coef)
+            inside = np.flatnonzero((scores <= upto) & (scores < INF))
+            inside = inside[np.argsort(scores[inside], kind="stable")]  # ties stay in column order
+            return list(zip(inside.tolist(), scores[inside].tolist()))
         bounds = self._bounds(coef)
         columns, scores = [], []
         for block in np.flatnonzero(bounds <= upto).tolist():
