@@ -2,7 +2,7 @@
 
 A client is *backlogged* while it has a waiting request.  Subclasses (VTC and its variants,
 Equinox) say what happens when a client becomes backlogged (``_backlog``: lift its counters,
-put it in their heaps), when it stops (``_unbacklog``) and what an admission charges
+mark it backlogged in their counters), when it stops (``_unbacklog``) and what an admission charges
 (``_charge_admission``); this class keeps the queues, the waiting count and the client that
 last left the queue (the lift's floor when nobody else is backlogged).
 """
