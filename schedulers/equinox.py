@@ -81,10 +81,14 @@ class _Charges:
     FLOATS = ("out_hat", "tpot_hat", "discount", "ufc", "rfc_actual", "rfc", "weight")
 
     def __init__(self, capacity: int = 256) -> None:
-        for name in self.FLOATS:
-            setattr(self, name, np.zeros(capacity))
+        self._columns = np.zeros((len(self.FLOATS), capacity))  # one row per name in FLOATS
+        self._views()
         self.client = np.zeros(capacity, dtype=np.int64)  # the client's first-seen index
         self._free = list(range(capacity - 1, -1, -1))
+
+    def _views(self) -> None:
+        for row, name in enumerate(self.FLOATS):
+            setattr(self, name, self._columns[row])
 
     def add(self, client: int, weight: float, out_hat: float, tpot_hat: float, discount: float,
             ufc: float, rfc: float) -> int:  # fmt: skip
@@ -92,14 +96,13 @@ class _Charges:
         factor of output tokens beyond ``out_hat``; ``rfc`` the engine time charged at admission."""
         if not self._free:
             n = len(self.client)
-            for name in self.FLOATS:
-                setattr(self, name, np.concatenate((getattr(self, name), np.zeros(n))))
+            self._columns = np.concatenate((self._columns, np.zeros_like(self._columns)), axis=1)
+            self._views()
             self.client = np.concatenate((self.client, np.zeros(n, dtype=np.int64)))
             self._free = list(range(2 * n - 1, n - 1, -1))
         slot = self._free.pop()
         self.client[slot] = client
-        for name, value in zip(self.FLOATS, (out_hat, tpot_hat, discount, ufc, 0.0, rfc, weight)):
-            getattr(self, name)[slot] = value
+        self._columns[:, slot] = (out_hat, tpot_hat, discount, ufc, 0.0, rfc, weight)
         return slot
 
     def release(self, slot: int) -> None:
