@@ -7,13 +7,17 @@ a few requests finish and as many new ones arrive, so every step admits a few.  
 ``schedule()`` and ``update_from_output()`` (the adapter's policy feedback and logging happen
 there) over ``--steps`` steps, after a warm-up.  All the schedulers advance in lockstep, one step
 each in turn (the order rotating), so a load that comes and goes on a shared machine hits them
-alike; ``--rounds`` repeats the whole run.  Prints per-call medians and means and, per round, the
-ratio of the adapter's mean ``schedule()`` and mean step (``schedule()`` + ``update_from_output()``)
-to vLLM's: the median over rounds and, in brackets, the range.
+alike; ``--rounds`` repeats the whole run.  The start-up heap is frozen out of the garbage
+collector first, as vLLM's engine core does (``--no-freeze``: not).  Prints per-call medians and
+means and, per round, the ratio of each scheduler's mean ``schedule()`` and mean step
+(``schedule()`` + ``update_from_output()``) to vLLM's FCFS scheduler's: the median over rounds
+and, in brackets, the range.  A reference row (``--no-reference``: none) is vLLM's own scheduler
+with its priority queue and random priorities: what admitting out of arrival order costs vLLM.
 
 ``--breakdown`` also times the policy's own methods (``select``, ``admit``, ``on_step``,
 ``on_tokens``, ...; each call through a wrapper, which adds a little) and splits what the adapter
-adds to each call into the policy's part and the adapter's own.  A last table times one
+adds to each call into the policy's part and the rest (the adapter's own work, and whatever vLLM
+does differently when the order changes).  A last table times one
 ``schedule()`` that admits a full batch out of the waiting requests (a burst).  Needs vLLM
 (``pip install -e '.[vllm]'``).  From the repository root:
 
@@ -243,10 +247,11 @@ def main() -> None:
               f"| {runs[-1].waiting_at_end} |")  # fmt: skip
     if args.breakdown:
         print()
-        print("What each adds to vLLM's mean per step, us (median over rounds [range]): the policy's methods, the "
-              "adapter's own work (the rest), and the ratio vLLM + adapter's own would have.")  # fmt: skip
+        print("What each adds to vLLM's mean per step, us (median over rounds [range]): the policy's methods and "
+              "the rest (the adapter's own work, and whatever vLLM does differently for the changed order), and "
+              "the ratios vLLM + the rest would have.")  # fmt: skip
         print()
-        print("| scheduler | schedule(): policy | schedule(): adapter | update(): policy | update(): adapter "
+        print("| scheduler | schedule(): policy | schedule(): rest | update(): policy | update(): rest "
               "| schedule() without policy | step without policy |")  # fmt: skip
         print("|---|---|---|---|---|---|---|")
         for k, (label, _, policy) in enumerate(rows):

@@ -7,7 +7,8 @@ simulator does:
 * queue operations (``arrive``, ``peek``, ``pop``, ``prepend``, ``remove``, ``preempted``) map
   onto ``on_arrival``, ``select``, ``admit`` and ``requeue``;
 * ``end_step`` reports what a step did: ``on_step`` with ``(request, tokens)`` pairs, then
-  ``on_tokens`` for the requests that produced output, then ``on_finish``;
+  ``on_tokens`` for the requests that produced output, then ``on_finish`` (a policy that keeps
+  ``Policy``'s no-op ``on_step`` or ``on_tokens`` is not called for it: no pairs or lists are built);
 * ``budget`` asks ``token_budget`` before a step.
 
 It also writes the run's log (``serving.logs.RunLog``) in the simulator's schema.  Requests are
@@ -30,7 +31,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 from engine.request import Request
+from engine.results import REQUEST_SCHEMA
 from schedulers import EquinoxKnobs, ServiceWeights, make_policy, run_name
+from schedulers.base import Policy
 from serving.logs import RunLog
 
 # Keys of a request's vLLM extra_args (the OpenAI body's ``vllm_xargs``) that the adapter reads.
@@ -38,6 +41,14 @@ TENANT_KEY = "equinox_tenant"
 WEIGHT_KEY = "equinox_weight"
 ROW_KEY = "equinox_request_id"  # the workload's request_id, set by replay drivers
 ADDITIONAL_CONFIG_KEY = "equinox"  # vLLM --additional-config section with ServingSettings
+
+# The order of PolicyBridge._log_request's row.
+_REQUEST_FIELDS = (
+    "request_id", "client_id", "arrival_s", "prompt_tokens", "output_tokens", "weight", "conversation_id", "prompt",
+    "scheduler", "status", "admitted_s", "first_token_s", "finish_s", "generated_tokens", "preemptions",
+    "waiting_at_arrival", "waiting_tokens_at_arrival", "running_at_arrival", "kv_used_at_arrival",
+)  # fmt: skip
+assert _REQUEST_FIELDS == tuple(REQUEST_SCHEMA.names), "serving.bridge._log_request is out of step with REQUEST_SCHEMA"
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,12 @@ def tenant_of(extra_args: dict | None, default: str) -> tuple[str, float]:
     if not weight > 0 or weight != weight or weight == float("inf"):
         weight = 1.0
     return tenant, weight
+
+
+def _overrides(policy, name: str) -> bool:
+    """Whether ``policy.<name>`` does more than ``Policy``'s no-op (an engine may skip calling a no-op)."""
+    method = getattr(policy, name)
+    return getattr(method, "__func__", method) is not getattr(Policy, name)
 
 
 class _Entry:
@@ -311,17 +328,44 @@ class PolicyBridge:
     ) -> None:
         """A step ended.  ``outputs``: request id -> output tokens so far (scheduled requests);
         ``finished``: request id -> status (``finished`` or ``aborted``) for those that ended."""
+        get = outputs.get
+        self.end_step_totals(
+            batch, [get(rid) for rid in batch.tokens], end_s=end_s, finished=finished, waiting=waiting,
+            still_busy=still_busy, kv_used_tokens=kv_used_tokens,
+        )  # fmt: skip
+
+    def end_step_totals(
+        self,
+        batch: StepBatch,
+        totals: list,
+        *,
+        end_s: float,
+        finished: dict,
+        waiting: int,
+        still_busy: bool,
+        kv_used_tokens: int,
+    ) -> None:
+        """``end_step`` with the output tokens so far as a list in ``batch.tokens``' order (None: not known).
+
+        A first pass over the batch counts the step and sets each mirror's ``computed`` to what the
+        step found; ``on_step`` (only if the policy overrides that no-op) sees the batch so; a second
+        pass adds the step's tokens and output, grouping the requests that produced output for
+        ``on_tokens`` (again only if the policy overrides it).
+        """
         start = batch.start_s
-        pairs = []
-        prefill_tokens = decode_tokens = prefill_reqs = admitted = 0
+        policy = self.policy
+        tokens = batch.tokens
+        entries_get = self.entries.get
+        prefill_tokens = decode_tokens = prefill_reqs = admitted = decode_kv = 0
         attn_pairs = 0.0
-        decode_kv = 0
-        for rid, n in batch.tokens.items():
-            entry = self.entries.get(rid)
-            if entry is None:
+        reqs: list[Request] = []  # the batch's mirrors, in batch.tokens' order
+        for (rid, n), before in zip(tokens.items(), map(batch.computed_before.get, tokens)):
+            entry = entries_get(rid)
+            if entry is None:  # it ended during the step
                 continue
             req = entry.req
-            before = batch.computed_before.get(rid, req.computed)
+            if before is None:
+                before = req.computed
             req.computed = before
             if req.decoding:
                 decode_tokens += 1
@@ -335,35 +379,47 @@ class PolicyBridge:
                 admitted += 1
                 if entry.logged_admit is None:
                     entry.logged_admit = start
-            pairs.append((req, n))
-        duration = end_s - start
-        if pairs:
-            self.policy.on_step(start, duration, pairs)
-
-        produced: dict[int, list[Request]] = {}
-        for req, n in pairs:
+            reqs.append(req)
+        ns = tokens.values()
+        if len(reqs) < len(tokens):  # leave out the requests that ended during the step
+            entries = self.entries
+            kept = [(n, total) for (rid, n), total in zip(tokens.items(), totals) if rid in entries]
+            ns, totals = [n for n, _ in kept], [total for _, total in kept]
+        if reqs and _overrides(policy, "on_step"):
+            policy.on_step(start, end_s - start, list(zip(reqs, ns)))
+        wants_tokens = _overrides(policy, "on_tokens")
+        produced: dict[int, list[Request]] = {}  # tokens produced -> requests, for on_tokens
+        ones = None  # produced[1], the usual case
+        for req, n, total in zip(reqs, ns, totals):
             req.computed += n
-            entry = self._by_seq[req.request_id]
-            total = outputs.get(entry.rid, req.generated)
+            if total is None:
+                continue
             k = total - req.generated
             if k > 0:
                 req.generated = total
                 req.decoding = True
                 if req.first_token_s is None:
                     req.first_token_s = end_s
-                produced.setdefault(k, []).append(req)
-        for k, reqs in produced.items():
-            self.policy.on_tokens(reqs, k)
+                if wants_tokens:
+                    if k == 1 and ones is not None:
+                        ones.append(req)
+                    else:
+                        group = produced.get(k)
+                        if group is None:
+                            group = produced[k] = []
+                            if k == 1:
+                                ones = group
+                        group.append(req)
+        for k, group in produced.items():
+            policy.on_tokens(group, k)
         done = 0
         for rid, status in finished.items():
             done += self.finish(rid, end_s, status)
-        self.log.step(
+        self.log.step_values(
             start, end_s, still_busy,
-            prefill_tokens=prefill_tokens, decode_tokens=decode_tokens, prefill_requests=prefill_reqs,
-            decode_requests=decode_tokens, running=len(pairs), waiting=waiting, admitted=admitted,
-            finished=done, preempted=batch.preempted, kv_used_tokens=kv_used_tokens,
-            kv_capacity_tokens=self.kv_capacity_tokens, token_budget=batch.budget,
-            flops=float(self.flops(prefill_tokens, attn_pairs, decode_tokens, decode_kv)),
+            (prefill_tokens, decode_tokens, prefill_reqs, decode_tokens, len(reqs), waiting, admitted, done,
+             batch.preempted, kv_used_tokens, self.kv_capacity_tokens, batch.budget,
+             float(self.flops(prefill_tokens, attn_pairs, decode_tokens, decode_kv))),
         )  # fmt: skip
 
     def finish(self, rid: str, now: float, status: str = "finished", generated: int | None = None) -> int:
@@ -398,15 +454,12 @@ class PolicyBridge:
         if status == "aborted" and admitted is None:
             admitted = req.finish_s  # it left the queue then (see docs/SERVING.md)
         waiting, waiting_tokens, running, kv_used = req.arrival_state
-        self.log.request(
-            request_id=entry.row_id if entry.row_id is not None else req.request_id,
-            client_id=req.client, arrival_s=req.arrival_s, prompt_tokens=req.prompt_tokens,
-            output_tokens=req.output_tokens if entry.row_id is not None else req.generated,
-            weight=req.weight, conversation_id=None, prompt=None, scheduler=self.scheduler_name,
-            status=status, admitted_s=None if status == "rejected" else admitted,
-            first_token_s=req.first_token_s if status != "rejected" else None,
-            finish_s=req.finish_s if status != "rejected" else None,
-            generated_tokens=req.generated, preemptions=req.preemptions,
-            waiting_at_arrival=waiting, waiting_tokens_at_arrival=waiting_tokens,
-            running_at_arrival=running, kv_used_at_arrival=float(kv_used),
-        )  # fmt: skip
+        row = entry.row_id
+        rejected = status == "rejected"
+        self.log.request_values((  # REQUEST_SCHEMA's fields, in order (_REQUEST_FIELDS)
+            row if row is not None else req.request_id, req.client, req.arrival_s, req.prompt_tokens,
+            req.output_tokens if row is not None else req.generated, req.weight, None, None, self.scheduler_name,
+            status, None if rejected else admitted, None if rejected else req.first_token_s,
+            None if rejected else req.finish_s, req.generated, req.preemptions,
+            waiting, waiting_tokens, running, float(kv_used),
+        ))  # fmt: skip

@@ -37,32 +37,41 @@ from engine.results import (
     atomic_write_parquet,
 )
 
-CHUNK_ROWS = 8192  # rows kept as Python lists before they are sealed into an Arrow batch
+CHUNK_ROWS = 8192  # rows kept as Python tuples before they are sealed into an Arrow batch
+
+_STEP_FIELDS = tuple(STEP_SCHEMA.names[4:])  # what a busy step reports: prefill_tokens .. flops
+# An idle row: zeros up to kv_used_tokens, the busy step's kv_capacity_tokens and token_budget, no FLOPs.
+_IDLE_ZEROS = (0,) * _STEP_FIELDS.index("kv_capacity_tokens")
+_IDLE_KEPT = slice(len(_IDLE_ZEROS), _STEP_FIELDS.index("token_budget") + 1)
+assert _STEP_FIELDS[_IDLE_KEPT] == ("kv_capacity_tokens", "token_budget") and _STEP_FIELDS[-1] == "flops"
 
 
 class _Rows:
-    """Rows of one schema: a short list buffer, sealed into Arrow record batches as it fills."""
+    """Rows of one schema: a short buffer of tuples (in schema order), sealed into Arrow record
+    batches as it fills.  Appending a row is one ``list.append``; columns are built when a chunk
+    is sealed or a snapshot taken."""
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
         self.batches: list[pa.RecordBatch] = []
-        self.cols: dict[str, list] = {name: [] for name in schema.names}
+        self.rows: list[tuple] = []
         self.count = 0
 
     def append(self, row: dict) -> None:
-        for name, col in self.cols.items():
-            col.append(row.get(name))
-        self.count += 1
-        if len(self.cols[self.schema.names[0]]) >= CHUNK_ROWS:
-            self.batches.append(_batch(self.cols, self.schema))
-            self.cols = {name: [] for name in self.schema.names}
+        self.append_values(tuple(row.get(name) for name in self.schema.names))
 
-    def snapshot(self, extra: dict | None = None) -> pa.Table:
-        cols = {k: list(v) for k, v in self.cols.items()}
-        if extra is not None:
-            for name in self.schema.names:
-                cols[name].append(extra.get(name))
-        return pa.Table.from_batches([*self.batches, _batch(cols, self.schema)], schema=self.schema)
+    def append_values(self, values: tuple) -> None:
+        """A row as a tuple of the schema's fields, in order."""
+        rows = self.rows
+        rows.append(values)
+        self.count += 1
+        if len(rows) >= CHUNK_ROWS:
+            self.batches.append(_batch(rows, self.schema))
+            self.rows = []
+
+    def snapshot(self, extra: tuple | None = None) -> pa.Table:
+        rows = self.rows if extra is None else [*self.rows, extra]
+        return pa.Table.from_batches([*self.batches, _batch(rows, self.schema)], schema=self.schema)
 
 
 class RunLog:
@@ -93,15 +102,24 @@ class RunLog:
 
     # -- rows -------------------------------------------------------------------------
     def request(self, **row) -> None:
+        self.request_values(tuple(row.get(name) for name in REQUEST_SCHEMA.names))
+
+    def request_values(self, values: tuple) -> None:
+        """A request row as a tuple of ``REQUEST_SCHEMA``'s fields, in order."""
         with self._lock:
-            self._requests.append(row)
+            self._requests.append_values(values)
             self._dirty = True
 
     def step(self, start_s: float, end_s: float, still_busy: bool, **row) -> None:
         """A busy step ran from ``start_s`` to ``end_s``; ``still_busy``: the engine has work after it."""
+        self.step_values(start_s, end_s, still_busy, tuple(row.get(name) for name in _STEP_FIELDS))
+
+    def step_values(self, start_s: float, end_s: float, still_busy: bool, values: tuple) -> None:
+        """``step`` with the rest of the row as a tuple of ``STEP_SCHEMA``'s fields from
+        ``prefill_tokens`` to ``flops``, in order."""
         with self._lock:
             self._close_pending(start_s)
-            self._pending_step = {"start_s": start_s, "end_s": end_s, "still_busy": still_busy, **row}
+            self._pending_step = (start_s, end_s, still_busy, values)
             self._dirty = True
 
     def _close_pending(self, next_start: float | None) -> None:
@@ -110,24 +128,15 @@ class RunLog:
         if p is None:
             return
         self._pending_step = None
-        end = p.pop("end_s")
-        still_busy = p.pop("still_busy")
+        start, end, still_busy, values = p
         if next_start is not None and still_busy:
             end = max(end, next_start)
-        self._append_step(duration_s=end - p["start_s"], busy=True, **p)
-        if next_start is not None and next_start > end:
-            zero = dict.fromkeys(
-                ("prefill_tokens", "decode_tokens", "prefill_requests", "decode_requests", "running", "waiting",
-                 "admitted", "finished", "preempted", "kv_used_tokens"), 0)  # fmt: skip
-            self._append_step(
-                start_s=end, duration_s=next_start - end, busy=False, **zero,
-                kv_capacity_tokens=p["kv_capacity_tokens"], token_budget=p["token_budget"], flops=0.0,
-            )  # fmt: skip
-
-    def _append_step(self, **row) -> None:
-        row["step"] = self._step_no
+        steps = self._steps
+        steps.append_values((self._step_no, start, end - start, True, *values))
         self._step_no += 1
-        self._steps.append(row)
+        if next_start is not None and next_start > end:
+            steps.append_values((self._step_no, end, next_start - end, False, *_IDLE_ZEROS, *values[_IDLE_KEPT], 0.0))
+            self._step_no += 1
 
     # -- tables -----------------------------------------------------------------------
     def tables(self, *, final: bool = False) -> tuple[pa.Table, pa.Table]:
@@ -137,9 +146,8 @@ class RunLog:
                 self._close_pending(None)
             pending = None
             if self._pending_step is not None:  # a snapshot shows the last step as it stands
-                p = self._pending_step
-                pending = {k: v for k, v in p.items() if k not in ("end_s", "still_busy")}
-                pending.update(duration_s=p["end_s"] - p["start_s"], busy=True, step=self._step_no)
+                start, end, _, values = self._pending_step
+                pending = (self._step_no, start, end - start, True, *values)
             return self._requests.snapshot(), self._steps.snapshot(pending)
 
     def __len__(self) -> int:
@@ -192,12 +200,14 @@ class RunLog:
         self.flush(final=True)
 
 
-def _batch(columns: dict[str, list], schema: pa.Schema) -> pa.RecordBatch:
+def _batch(rows: list[tuple], schema: pa.Schema) -> pa.RecordBatch:
+    columns = zip(*rows, strict=True) if rows else ((),) * len(schema)
     arrays = []
-    for field in schema:
-        values = columns[field.name]
+    for field, values in zip(schema, columns, strict=True):
         if pa.types.is_floating(field.type):
             values = [None if v is None else float(v) for v in values]
+        else:
+            values = list(values)
         arrays.append(pa.array(values, type=field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

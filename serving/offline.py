@@ -50,8 +50,10 @@ def make_scheduler(
     additional_config: dict | None = None,
     enable_prefix_caching: bool = False,
     async_scheduling: bool = False,
+    policy: str = "fcfs",
 ):
-    """A scheduler of class ``scheduler_cls`` over a KV cache of ``num_blocks`` blocks."""
+    """A scheduler of class ``scheduler_cls`` over a KV cache of ``num_blocks`` blocks (``policy``: vLLM's own
+    queue order, ``fcfs`` or ``priority``)."""
     import torch
     from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
     from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
@@ -63,7 +65,7 @@ def make_scheduler(
     )  # fmt: skip
     scheduler_config = SchedulerConfig(
         max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-        enable_chunked_prefill=True, is_encoder_decoder=False, async_scheduling=async_scheduling,
+        enable_chunked_prefill=True, is_encoder_decoder=False, async_scheduling=async_scheduling, policy=policy,
     )  # fmt: skip
     cache_config = CacheConfig(block_size=block_size, enable_prefix_caching=enable_prefix_caching)
     config = VllmConfig(
@@ -83,8 +85,9 @@ def make_scheduler(
 
 
 def make_request(request_id: str, prompt_tokens: int, max_tokens: int, *, tenant: str | None = None,
-                 weight: float = 1.0, arrival_time: float | None = None):  # fmt: skip
-    """A vLLM ``Request`` (token ids 10, 11, ...; ``ignore_eos``), its tenant in extra_args."""
+                 weight: float = 1.0, arrival_time: float | None = None, priority: int = 0):  # fmt: skip
+    """A vLLM ``Request`` (token ids 10, 11, ...; ``ignore_eos``), its tenant in extra_args (``priority``: for
+    vLLM's priority policy, lower first)."""
     from vllm import SamplingParams
     from vllm.v1.request import Request
 
@@ -93,7 +96,7 @@ def make_request(request_id: str, prompt_tokens: int, max_tokens: int, *, tenant
     extra = {TENANT_KEY: tenant, WEIGHT_KEY: weight} if tenant is not None else None
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, extra_args=extra)
     ids = [10 + (i % 400) for i in range(prompt_tokens)]
-    return Request(request_id, ids, params, None, arrival_time=arrival_time)
+    return Request(request_id, ids, params, None, arrival_time=arrival_time, priority=priority)
 
 
 def fake_output(scheduler_output):

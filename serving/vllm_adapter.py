@@ -58,6 +58,7 @@ from serving.logs import RunLog
 _FINISHED = {RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAPPED}
 if hasattr(RequestStatus, "FINISHED_REPETITION"):
     _FINISHED.add(RequestStatus.FINISHED_REPETITION)
+_ENDED = frozenset(status for status in RequestStatus if RequestStatus.is_finished(status))  # finished or aborted
 
 
 def _status(status: RequestStatus) -> str:
@@ -316,8 +317,11 @@ class FairScheduler(Scheduler):
         output = super().schedule(*args, **kwargs)
         tokens = output.num_scheduled_tokens
         if tokens:
-            requests = self.requests
-            before = {rid: requests[rid].num_computed_tokens - n for rid, n in tokens.items() if rid in requests}
+            # Tokens computed before the step, as vLLM records them for the model runner (every
+            # scheduled request is a new or a cached one).
+            before = {new.req_id: new.num_computed_tokens for new in output.scheduled_new_reqs}
+            cached = output.scheduled_cached_reqs
+            before.update(zip(cached.req_ids, cached.num_computed_tokens))
             self._equinox_steps[id(output)] = StepBatch(start, budget, dict(tokens), before, bridge.take_preempted())
         return output
 
@@ -328,23 +332,21 @@ class FairScheduler(Scheduler):
 
     def update_from_output(self, scheduler_output, model_runner_output):
         step = self._equinox_steps.pop(id(scheduler_output), None)
-        scheduled = {}
         if step is not None:
-            requests = self.requests
-            scheduled = {rid: requests.get(rid) for rid in step.tokens}
+            # The step's requests (in step.tokens' order), taken before vLLM lets go of those that finish.
+            scheduled = list(map(self.requests.get, step.tokens))
         result = super().update_from_output(scheduler_output, model_runner_output)
         if step is not None:
             bridge = self.equinox
-            outputs, finished = {}, {}
-            for rid, req in scheduled.items():
-                if req is None:
-                    continue
-                outputs[rid] = req.num_output_tokens
-                if req.is_finished():
-                    finished[rid] = _status(req.status)
+            totals = [None if req is None else req.num_output_tokens for req in scheduled]
+            finished = {
+                rid: _status(req.status)
+                for rid, req in zip(step.tokens, scheduled)
+                if req is not None and req.status in _ENDED
+            }  # fmt: skip
             usage = float(self.kv_cache_manager.usage)
-            bridge.end_step(
-                step, end_s=bridge.clock(), outputs=outputs, finished=finished, waiting=len(self.waiting),
+            bridge.end_step_totals(
+                step, totals, end_s=bridge.clock(), finished=finished, waiting=len(self.waiting),
                 still_busy=self.get_num_unfinished_requests() > 0,
                 kv_used_tokens=int(round(usage * self.kv_capacity_tokens)),
             )  # fmt: skip

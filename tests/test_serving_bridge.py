@@ -155,6 +155,33 @@ def test_steps_feed_the_policy_and_log_the_simulators_schema():
     assert b.policy.counters == {"a": 8 + 2 * 3, "b": 8 + 2 * 3}
 
 
+def test_on_step_sees_the_batch_before_its_tokens_and_no_op_feedback_is_skipped():
+    from schedulers.fcfs import FCFS
+    from serving.bridge import _overrides
+
+    seen = []
+
+    class Recording(FCFS):
+        def on_step(self, now, duration_s, batch):
+            seen.append(("step", [(r.request_id, n, r.computed, r.generated) for r, n in batch]))
+
+        def on_tokens(self, reqs, k):
+            seen.append(("tokens", k, [(r.request_id, r.computed, r.generated) for r in reqs]))
+
+    clock = Clock()
+    b = PolicyBridge(Recording(), RunLog({}), scheduler_name="rec", kv_capacity_tokens=1000, clock=clock)
+    run_steps(b, clock)
+    assert seen[:4] == [
+        ("step", [(0, 8, 0, 0), (1, 8, 0, 0)]),  # (request, tokens, computed, generated) as the step found them
+        ("tokens", 1, [(0, 8, 1), (1, 8, 1)]),
+        ("step", [(0, 1, 8, 1), (1, 1, 8, 1)]),
+        ("tokens", 1, [(0, 9, 2), (1, 9, 2)]),
+    ]
+    # Policy's no-op on_step / on_tokens are not called (the bridge builds no pairs for them)
+    assert not _overrides(FCFS(), "on_step") and not _overrides(FCFS(), "on_tokens")
+    assert _overrides(Recording(), "on_step") and _overrides(Recording(), "on_tokens")
+
+
 def test_an_idle_gap_is_an_idle_row():
     log = RunLog({})
     common = dict(prefill_tokens=0, decode_tokens=1, prefill_requests=0, decode_requests=1, running=1, waiting=0,
