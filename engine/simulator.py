@@ -34,6 +34,9 @@ from schedulers.base import Policy
 from traces.schema import column_lists
 
 MAX_STRETCH = 4096
+# A stretch shorter than this is left to the step path: moving it in one go costs about what its
+# steps cost (under overload an arrival or a completion ends a stretch every few steps).
+MIN_STRETCH = 8
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,14 @@ class _StepLog:
             self._write()
 
     def block(self, values: dict[str, np.ndarray]) -> None:
-        self._flush_rows()
-        self.chunks.append(values)
-        self.buffered += len(values["step"])
+        k = len(values["step"])
+        if k <= 64:  # a short stretch joins the rows: cheaper than a chunk of its own
+            columns = {name: column.tolist() for name, column in values.items()}
+            self.pending.extend(dict(zip(columns, row)) for row in zip(*columns.values()))
+        else:
+            self._flush_rows()
+            self.chunks.append(values)
+        self.buffered += k
         if self.writer is not None and self.buffered >= self.FLUSH_ROWS:
             self._write()
 
@@ -647,7 +655,7 @@ class Simulator:
         k = MAX_STRETCH
         if next_arrival != float("inf"):
             k = min(k, int((next_arrival - now) / self._last_dt) + 1)
-            if k < 2:  # the cheap test first: under load an arrival comes every few steps
+            if k < MIN_STRETCH:  # the cheap test first: under load an arrival comes every few steps
                 return None
         a = batch.a
         if not a[DECODING, :r].all():
@@ -658,7 +666,7 @@ class Simulator:
         if first > self.free or not self._admission_blocked(first):
             return None
         k = min(k, int((a[OUTPUT, :r] - a[GENERATED, :r]).min()))
-        if k < 2:
+        if k < MIN_STRETCH:
             return None
         # Request i needs a new block at steps j = f_i, f_i + bs, ... with f_i in 1..bs
         # (the steps where computed + j - 1 is a multiple of bs); count requests per f.

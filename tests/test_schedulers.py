@@ -215,5 +215,3 @@ def test_bad_scheduler_specs_are_input_errors(spec):
 
 def test_run_names_are_directory_safe():
     assert [run_name(s) for s in ("vtc", "rpm:5", "vtc-oracle(0.2)")] == ["vtc", "rpm-5", "vtc-oracle-0.2"]
-
-
