@@ -228,11 +228,14 @@ class Simulator:
         self._runnable = runnable.tolist()
         # The request objects live as long as the replay: keep the collector from walking them
         # again and again (a million of them make every full collection long), as vLLM does.
+        # A process that froze its heap itself (a vLLM server) keeps it frozen.
+        thaw = gc.get_freeze_count() == 0
         gc.freeze()
         try:
             self._loop(reqs, arrivals)
         finally:
-            gc.unfreeze()
+            if thaw:
+                gc.unfreeze()
         return self._request_table(workload, reqs, scheduler_name or self.policy.name), self.log.close()
 
     # -- main loop -----------------------------------------------------------------
