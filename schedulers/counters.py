@@ -180,10 +180,13 @@ class ClientCounters:
         j = int(scores.argmin())
         best, best_i = float(scores[j]), block * BLOCK + j
         if sum(1 for c in coef if c) > 1:  # with one coefficient the bounds are exact
-            starts = np.arange(0, len(bounds) * BLOCK, BLOCK)
-            maybe = (bounds < best) | ((bounds == best) & (starts < best_i))
-            maybe[block] = False
-            for other in np.flatnonzero(maybe).tolist():
+            maybe = np.flatnonzero(bounds <= best)  # usually just ``block``
+            if len(maybe) > 8:  # many ties (lifted clients): keep the blocks that could still win
+                starts = maybe * BLOCK
+                maybe = maybe[(bounds[maybe] < best) | (starts < best_i)]
+            for other in maybe.tolist():
+                if other == block:
+                    continue
                 if bounds[other] > best or (bounds[other] == best and other * BLOCK > best_i):
                     continue
                 scores = self._scores(other, coef)

@@ -231,9 +231,10 @@ class Equinox(ClientQueues):
     def _lift(self, i: int) -> None:
         counters = self._counters
         last = None if self._last_left is None else counters.index[self._last_left]
+        minima = counters.block_min.min(axis=1).tolist() if len(counters) else None
         for row in (UFC, RFC):
-            if len(counters):
-                floor = counters.min(row)
+            if minima is not None:
+                floor = minima[row]
             elif last is not None and last != i:
                 floor = counters.value(last, row)
             else:
