@@ -153,14 +153,13 @@ class _Batch:
         self.weight = np.zeros(max(1, capacity))
         self.n = 0
 
-    def append(self, values: tuple, weight: float) -> int:
+    def append(self, values: tuple, weight: float) -> None:
         if self.n == self.a.shape[1]:
             self.a = np.concatenate((self.a, np.zeros_like(self.a)), axis=1)
             self.weight = np.concatenate((self.weight, np.zeros_like(self.weight)))
         self.a[:, self.n] = values
         self.weight[self.n] = weight
         self.n += 1
-        return self.n - 1
 
     def remove(self, positions: list[int]) -> None:
         """Remove the requests at ``positions``, keeping the others in order."""
@@ -296,6 +295,12 @@ class Simulator:
         if pending <= budget:
             return pending
         return budget if self.config.chunked_prefill else 0
+
+    def _fits(self, pending: int, budget: int, free: int) -> bool:
+        """Whether a request with ``pending`` tokens can start within ``budget`` tokens and
+        ``free`` KV blocks (its first chunk's blocks)."""
+        n = self._chunk(pending, budget)
+        return n > 0 and _ceil_div(n, self.bs) <= free
 
     def _step(self, now: float) -> float:
         cfg = self.config
@@ -538,8 +543,7 @@ class Simulator:
         tokens: list[int] = []
 
         def fits(req: Request) -> bool:
-            n = self._chunk(req.pending, budget)
-            return n > 0 and _ceil_div(n, bs) <= self.free
+            return self._fits(req.pending, budget, self.free)
 
         while batch.n < cfg.max_running and budget > 0:
             if self._nothing_fits(budget, self.free):  # spare the policy a search that cannot succeed
@@ -627,10 +631,7 @@ class Simulator:
         """True when no waiting request fits ``budget`` tokens and ``free`` blocks: the one with
         the fewest pending tokens is the easiest to fit (its chunk and blocks are the smallest)."""
         easiest = self._fewest_pending()
-        if easiest is None:
-            return True
-        n = self._chunk(easiest, budget)
-        return n == 0 or _ceil_div(n, self.bs) > free
+        return easiest is None or not self._fits(easiest, budget, free)
 
     def _admission_blocked(self, decode_blocks_first_step: int) -> bool:
         """True when no waiting request can be admitted during a decode-only stretch.

@@ -12,14 +12,14 @@ order of admission.  The engine calls, in this order within a step:
   at the head of its client's queue.
 * ``on_tokens(reqs, k)`` after the engine produced ``k`` output tokens for each
   request in ``reqs`` (``k > 1`` when the engine advances several steps at once).
+* ``on_finish(req, now)`` when a request has produced its last token.
+* ``on_step(now, duration_s, batch)`` after each step, with ``(request, tokens)`` pairs.
+* ``token_budget(default)`` before each step: the step's token budget.
 
 A policy with ``array_feedback`` gives every request it admits a ``slot`` (``req.slot``, an
 index into its own per-request or per-client state); an engine that keeps its batch in
 arrays (the simulator) then reports steps and tokens as arrays (``on_step_slots``,
 ``on_tokens_slots``) instead of Request objects: one call per step, vectorised inside.
-* ``on_finish(req, now)`` when a request has produced its last token.
-* ``on_step(now, duration_s, batch)`` after each step, with ``(request, tokens)`` pairs.
-* ``token_budget(default)`` before each step: the step's token budget.
 
 Nothing here knows about blocks, steps or vLLM objects.
 """

@@ -40,7 +40,7 @@ import pyarrow as pa
 from engine.request import Request
 from engine.results import COUNTER_SCHEMA
 from schedulers.client_queues import ClientQueues
-from schedulers.counters import DENSE_CLIENTS, ClientCounters
+from schedulers.counters import ClientCounters
 
 UFC, RFC = 0, 1  # the rows of the counters
 WINDOW = 5  # moving average of output lengths, as VTC-predict
@@ -354,16 +354,7 @@ class Equinox(ClientQueues):
 
     def _charge_clients(self, clients, amounts, row: int) -> None:
         """Add per-request ``amounts`` to counter ``row`` (UFC or RFC) of their ``clients``."""
-        counters = self._counters
-        n = len(counters.names)
-        if n <= DENSE_CLIENTS:
-            per_client = np.bincount(clients, weights=amounts, minlength=n)
-            counters.add_dense(row, per_client)
-            self._changed[:n] |= per_client != 0
-        else:
-            unique, inverse = np.unique(clients, return_inverse=True)
-            counters.add_many(row, unique, np.bincount(inverse, weights=amounts))
-            self._changed[unique] = True
+        self._changed[self._counters.add_per_request(row, clients, amounts)] = True
 
     def _measure(self, duration_s: float, tokens: int) -> None:
         if not tokens:

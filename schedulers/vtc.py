@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.request import Request
 from schedulers.client_queues import ClientQueues
-from schedulers.counters import DENSE_CLIENTS, ClientCounters
+from schedulers.counters import ClientCounters
 
 
 class VTC(ClientQueues):
@@ -92,12 +92,7 @@ class VTC(ClientQueues):
             self._counters.add_many(0, columns, amounts)
 
     def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
-        prices = (self.service.w_q * k) / weights
-        if len(self._counters.names) <= DENSE_CLIENTS:  # sum per client over every client
-            self._counters.add_dense(0, np.bincount(slots, weights=prices))
-        else:  # over the clients in the batch only
-            clients, inverse = np.unique(slots, return_inverse=True)
-            self._counters.add_many(0, clients, np.bincount(inverse, weights=prices))
+        self._counters.add_per_request(0, slots, (self.service.w_q * k) / weights)
 
     def on_finish(self, req: Request, now: float) -> None:
         self._charge(self._counters.index[req.client], self.finish_charge(req) / req.weight)
