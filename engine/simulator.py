@@ -34,6 +34,7 @@ from schedulers.base import Policy
 from traces.schema import column_lists
 
 MAX_STRETCH = 4096
+INF = float("inf")
 # A stretch shorter than this is left to the step path: moving it in one go costs about what its
 # steps cost (under overload an arrival or a completion ends a stretch every few steps).
 MIN_STRETCH = 8
@@ -73,13 +74,14 @@ class _StepLog:
     FLUSH_ROWS = 1 << 16
 
     def __init__(self, path=None) -> None:
-        self.pending: list[dict] = []  # rows not yet in a chunk
+        self.pending: list[tuple] = []  # rows (values in STEP_SCHEMA's order) not yet in a chunk
         self.chunks: list[dict[str, np.ndarray]] = []
         self.buffered = 0
         self.rows = 0
         self.writer = None if path is None else pq.ParquetWriter(path, STEP_SCHEMA, compression="zstd")
 
-    def row(self, **values) -> None:
+    def row(self, *values) -> None:
+        """One step: its values in STEP_SCHEMA's order."""
         self.pending.append(values)
         self.buffered += 1
         if self.writer is not None and self.buffered >= self.FLUSH_ROWS:
@@ -88,8 +90,7 @@ class _StepLog:
     def block(self, values: dict[str, np.ndarray]) -> None:
         k = len(values["step"])
         if k <= 64:  # a short stretch joins the rows: cheaper than a chunk of its own
-            columns = {name: column.tolist() for name, column in values.items()}
-            self.pending.extend(dict(zip(columns, row)) for row in zip(*columns.values()))
+            self.pending.extend(zip(*(values[f.name].tolist() for f in STEP_SCHEMA)))
         else:
             self._flush_rows()
             self.chunks.append(values)
@@ -99,8 +100,8 @@ class _StepLog:
 
     def _flush_rows(self) -> None:
         if self.pending:
-            rows = self.pending
-            self.chunks.append({f.name: np.asarray([r[f.name] for r in rows]) for f in STEP_SCHEMA})
+            columns = zip(*self.pending)
+            self.chunks.append({f.name: np.asarray(c) for f, c in zip(STEP_SCHEMA, columns)})
             self.pending = []
 
     def _table(self) -> pa.Table:
@@ -213,6 +214,14 @@ class Simulator:
         self.step = 0
         self.finished = 0
         self._last_dt = float("inf")
+        # Decode steps advance every decoding request by one token; they are counted in ``_g``
+        # instead of being written into the batch (see ``_decode_step``).
+        self._g = 0
+        self._lazy = False  # the aggregates below describe the batch
+        self._decoding = 0  # decoding requests in the batch
+        self._kv_stored = 0  # sum of their stored COMPUTED
+        self._residues = [0] * self.bs  # how many of them have stored COMPUTED % bs == r
+        self._next_finish = INF  # the smallest g at which one of them finishes
 
         columns = column_lists(workload)  # Request's positional arguments, in order
         arrivals = columns[2]
@@ -281,11 +290,8 @@ class Simulator:
     def _idle(self, start: float, end: float) -> None:
         cfg = self.config
         self.log.row(
-            step=self.step, start_s=start, duration_s=end - start, busy=False,
-            prefill_tokens=0, decode_tokens=0, prefill_requests=0, decode_requests=0,
-            running=0, waiting=0, admitted=0, finished=0, preempted=0,
-            kv_used_tokens=0, kv_capacity_tokens=cfg.total_blocks * self.bs,
-            token_budget=cfg.max_batch_tokens, flops=0.0,
+            self.step, start, end - start, False, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, cfg.total_blocks * self.bs,
+            cfg.max_batch_tokens, 0.0,
         )  # fmt: skip
         self.step += 1
 
@@ -303,9 +309,145 @@ class Simulator:
         return n > 0 and _ceil_div(n, self.bs) <= free
 
     def _step(self, now: float) -> float:
+        """One engine step from ``now``; returns when it ends."""
+        step_budget = self.policy.token_budget(self.config.max_batch_tokens)
+        n = self.batch.n
+        if not self._lazy:
+            self._rebuild()
+        if self._lazy and self._decoding == n and n <= step_budget:
+            need = self._residues[-self._g % self.bs]
+            if need <= self.free:
+                return self._decode_step(now, step_budget, need)
+        self._materialize()
+        return self._general_step(now, step_budget)
+
+    # -- decode steps, lazily ----------------------------------------------------------
+    # When every running request decodes, fits the budget and gets its next KV block, a step
+    # advances each of them by one token: ``_g`` counts those steps, and a decoding request's
+    # COMPUTED and GENERATED columns hold its values minus ``_g`` (its BLOCKS column is then
+    # stale: ceil(computed / block) is the truth).  The step's new blocks, KV length and
+    # completions come from a few aggregates over the decoding requests instead of the
+    # columns.  Any other step first writes the columns back (``_materialize``).
+
+    def _rebuild(self) -> None:
+        """Aggregates of a written-back batch (``_g`` is 0), when every request decodes."""
+        batch = self.batch
+        n = batch.n
+        a = batch.a
+        if n and int(np.count_nonzero(a[DECODING, :n])) != n:
+            return
+        computed = a[COMPUTED, :n]
+        self._decoding = n
+        self._kv_stored = int(computed.sum())
+        self._residues = np.bincount(computed % self.bs, minlength=self.bs).tolist()
+        self._next_finish = int((a[OUTPUT, :n] - a[GENERATED, :n]).min()) if n else INF
+        self._lazy = True
+
+    def _materialize(self) -> None:
+        """Write the decode steps counted in ``_g`` into the columns; the aggregates lapse."""
+        g = self._g
+        if g:
+            batch = self.batch
+            n = batch.n
+            a = batch.a
+            shift = a[DECODING, :n] * g
+            a[COMPUTED, :n] += shift
+            a[GENERATED, :n] += shift
+            blocks = (a[COMPUTED, :n] + self.bs - 1) // self.bs
+            a[BLOCKS, :n] = np.where(shift != 0, blocks, a[BLOCKS, :n])
+            self._g = 0
+        self._lazy = False
+
+    def _decode_step(self, now: float, step_budget: int, need: int) -> float:
+        """A step in which every running request decodes (``need`` of them take a new block),
+        then waiting requests are admitted as in ``_general_step``."""
         cfg = self.config
         batch = self.batch
-        budget = step_budget = self.policy.token_budget(cfg.max_batch_tokens)
+        a = batch.a
+        n = batch.n
+        self.free -= need
+        chunks: list[int] = []
+        complete: list[bool] = []
+        if self.step % cfg.admit_every == 0 or not n:
+            chunks, complete = self._admit(now, step_budget - n)
+        m = batch.n
+        admitted = m - n
+        if not m:
+            raise RuntimeError(f"engine stalled at t={now:.3f}s: nothing could be scheduled")
+
+        # cost of the step (the same operations as _general_step's)
+        g = self._g
+        decode_kv = self._kv_stored + n * g + n
+        if admitted == 0:
+            prefill_tokens, prefill_pairs = 0, 0.0
+        elif admitted == 1:
+            prefill_tokens = k = chunks[0]
+            prefill_pairs = k * ((k + 1) / 2)
+        else:
+            k = np.array(chunks, dtype=np.int64)
+            prefill_tokens = int(k.sum())
+            prefill_pairs = float((k * ((k + 1) / 2)).sum())
+        dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, n, decode_kv, m))
+        self._last_dt = dt
+        if self._wants_steps:
+            tokens = np.ones(m, dtype=np.int64)
+            tokens[n:] = chunks
+            self._report_step(now, dt, slice(0, m), tokens)
+        flops = self.cost.step_flops(prefill_tokens, prefill_pairs, n, decode_kv)
+        end = now + dt
+
+        # tokens land: every decoding request advances (g); an admitted request whose chunk
+        # is its whole prompt produces its first token and decodes from now on
+        self._g = g = g + 1
+        produced = slice(0, m)
+        bs = self.bs
+        reqs = self.reqs
+        for j in range(admitted):
+            p = n + j
+            if not complete[j]:
+                a[COMPUTED, p] = chunks[j]
+                produced = None
+                continue
+            computed = chunks[j] - g
+            generated = int(a[GENERATED, p]) + 1 - g
+            a[COMPUTED, p] = computed
+            a[GENERATED, p] = generated
+            a[DECODING, p] = 1
+            self._decoding += 1
+            self._kv_stored += computed
+            self._residues[computed % bs] += 1
+            left = int(a[OUTPUT, p]) - generated
+            if left < self._next_finish:
+                self._next_finish = left
+            req = reqs[int(a[ROW, p])]
+            if req.first_token_s is None:
+                req.first_token_s = end
+        if produced is None:
+            produced = np.flatnonzero(a[DECODING, :m])
+        if self._charges_tokens:
+            self._charge_tokens(produced, 1, a[GENERATED, produced] + g)
+        finished = 0
+        if g >= self._next_finish:
+            decoding = a[DECODING, :m] != 0
+            done = np.flatnonzero(decoding & (a[OUTPUT, :m] - a[GENERATED, :m] <= g))
+            finished = len(done)
+            self._finish(done, end)
+            left = (a[OUTPUT, : batch.n] - a[GENERATED, : batch.n])[a[DECODING, : batch.n] != 0]
+            self._next_finish = int(left.min()) if len(left) else INF
+
+        self.log.row(
+            self.step, now, dt, True, prefill_tokens, n, admitted, n, m, self.policy.waiting, admitted, finished, 0,
+            (cfg.total_blocks - self.free) * bs, cfg.total_blocks * bs, step_budget, float(flops),
+        )  # fmt: skip
+        self.step += 1
+        return end
+
+    def _general_step(self, now: float, step_budget: int) -> float:
+        """A step over a written-back batch: prefills, a block shortage (preemption), a budget
+        that does not cover every running request."""
+        cfg = self.config
+        batch = self.batch
+        budget = step_budget
         planned = self._schedule_running(budget)
         if planned is None:  # stall-free with a block shortage, or a prefill that must wait its turn
             planned = self._schedule_running_in_order(budget)
@@ -315,7 +457,7 @@ class Simulator:
         admitted = 0
         if not preempted and (self.step % cfg.admit_every == 0 or not batch.n):
             first = batch.n
-            admitted_tokens = self._admit(now, budget)
+            admitted_tokens, _ = self._admit(now, budget)
             admitted = len(admitted_tokens)
             if admitted:
                 if pos is not None:
@@ -350,11 +492,7 @@ class Simulator:
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, m))
         self._last_dt = dt
         if self._wants_steps:
-            if self.policy.array_feedback:
-                self.policy.on_step_slots(now, dt, cols[SLOT], tokens)
-            else:
-                reqs = self.reqs
-                self.policy.on_step(now, dt, [(reqs[r], n) for r, n in zip(cols[ROW].tolist(), tokens.tolist())])
+            self._report_step(now, dt, slice(0, m) if pos is None else pos, tokens)
         flops = self.cost.step_flops(prefill_tokens, prefill_pairs, decode_tokens, decode_kv)
         end = now + dt
 
@@ -391,14 +529,9 @@ class Simulator:
             self._finish(done if pos is None else pos[done], end)
 
         self.log.row(
-            step=self.step, start_s=now, duration_s=dt, busy=True,
-            prefill_tokens=prefill_tokens, decode_tokens=decode_tokens,
-            prefill_requests=prefill_reqs, decode_requests=decode_tokens,
-            running=m, waiting=self.policy.waiting, admitted=admitted,
-            finished=finished, preempted=preempted,
-            kv_used_tokens=(cfg.total_blocks - self.free) * self.bs,
-            kv_capacity_tokens=cfg.total_blocks * self.bs, token_budget=step_budget,
-            flops=float(flops),
+            self.step, now, dt, True, prefill_tokens, decode_tokens, prefill_reqs, decode_tokens, m,
+            self.policy.waiting, admitted, finished, preempted, (cfg.total_blocks - self.free) * self.bs,
+            cfg.total_blocks * self.bs, step_budget, float(flops),
         )  # fmt: skip
         self.step += 1
         return end
@@ -535,12 +668,14 @@ class Simulator:
         pos, tokens = np.array(scheduled, dtype=np.int64).T
         return pos, tokens, preempted
 
-    def _admit(self, now: float, budget: int) -> list[int]:
-        """Admit waiting requests while the batch has room; the tokens each computes this step."""
+    def _admit(self, now: float, budget: int) -> tuple[list[int], list[bool]]:
+        """Admit waiting requests while the batch has room: the tokens each computes this step,
+        and whether they are all it must compute (its first or next token comes at the step's end)."""
         cfg = self.config
         batch = self.batch
         bs = self.bs
         tokens: list[int] = []
+        complete: list[bool] = []
 
         def fits(req: Request) -> bool:
             return self._fits(req.pending, budget, self.free)
@@ -565,8 +700,9 @@ class Simulator:
             values = (req.row, req.prompt_tokens, req.output_tokens, 0, req.generated, need, 0, slot)
             batch.append(values, req.weight)
             tokens.append(n)
+            complete.append(n == pending)
             budget -= n
-        return tokens
+        return tokens, complete
 
     def _preempt_last(self) -> None:
         """Preempt the most recently admitted request: its KV is dropped, it waits again."""
@@ -583,23 +719,47 @@ class Simulator:
         self._enqueue(req)
         self.policy.requeue(req)
 
-    def _charge_tokens(self, pos: np.ndarray, k: int) -> None:
-        """Tell the policy that the requests at ``pos`` produced ``k`` output tokens each."""
+    def _charge_tokens(self, pos, k: int, generated: np.ndarray | None = None) -> None:
+        """Tell the policy that the requests at ``pos`` produced ``k`` output tokens each and
+        now have ``generated`` (by default their GENERATED column)."""
         if not self._charges_tokens:
             return
         batch = self.batch
+        if generated is None:
+            generated = batch.a[GENERATED, pos]
         if self.policy.array_feedback:
-            self.policy.on_tokens_slots(batch.a[SLOT, pos], batch.a[GENERATED, pos], batch.weight[pos], k)
+            self.policy.on_tokens_slots(batch.a[SLOT, pos], generated, batch.weight[pos], k)
             return
         reqs = [self.reqs[r] for r in batch.a[ROW, pos].tolist()]
-        for req, generated in zip(reqs, batch.a[GENERATED, pos].tolist()):
-            req.generated = generated
+        for req, g in zip(reqs, generated.tolist()):
+            req.generated = g
         self.policy.on_tokens(reqs, k)
 
+    def _report_step(self, now: float, dt: float, pos, tokens: np.ndarray) -> None:
+        """Tell the policy about the step: the requests at ``pos`` computed ``tokens``."""
+        a = self.batch.a
+        if self.policy.array_feedback:
+            self.policy.on_step_slots(now, dt, a[SLOT, pos], tokens)
+        else:
+            reqs = self.reqs
+            self.policy.on_step(now, dt, [(reqs[r], n) for r, n in zip(a[ROW, pos].tolist(), tokens.tolist())])
+
     def _finish(self, pos: np.ndarray, end: float) -> None:
-        """The requests at ``pos`` produced their last token."""
+        """The requests at ``pos`` (decoding ones when decode steps are counted in ``_g``)
+        produced their last token."""
         batch = self.batch
         rows, computed, generated, blocks = batch.a[[ROW, COMPUTED, GENERATED, BLOCKS]][:, pos].tolist()
+        g = self._g
+        if g:  # stored values: take the aggregates' share out, then the true values
+            bs = self.bs
+            residues = self._residues
+            for c in computed:
+                residues[c % bs] -= 1
+            self._kv_stored -= sum(computed)
+            self._decoding -= len(rows)
+            computed = [c + g for c in computed]
+            generated = [x + g for x in generated]
+            blocks = [(c + bs - 1) // bs for c in computed]
         self.free += sum(blocks)
         policy = self.policy
         reqs = self.reqs
@@ -661,17 +821,20 @@ class Simulator:
             k = min(k, int((next_arrival - now) / self._last_dt) + 1)
             if k < MIN_STRETCH:  # the cheap test first: under load an arrival comes every few steps
                 return None
-        a = batch.a
-        if not a[DECODING, :r].all():
+        if not self._lazy:
+            self._rebuild()
+        if not self._lazy or self._decoding != r:  # some request is prefilling
             return None
         bs = self.bs
-        computed = a[COMPUTED, :r]
-        first = int(np.count_nonzero(computed % bs == 0))  # requests whose next token needs a block
+        first = self._residues[-self._g % bs]  # requests whose next token needs a block
         if first > self.free or not self._admission_blocked(first):
             return None
-        k = min(k, int((a[OUTPUT, :r] - a[GENERATED, :r]).min()))
+        k = min(k, self._next_finish - self._g)
         if k < MIN_STRETCH:
             return None
+        self._materialize()
+        a = batch.a
+        computed = a[COMPUTED, :r]
         # Request i needs a new block at steps j = f_i, f_i + bs, ... with f_i in 1..bs
         # (the steps where computed + j - 1 is a multiple of bs); count requests per f.
         per_offset = np.bincount((bs - computed % bs) % bs, minlength=bs)  # index f - 1
