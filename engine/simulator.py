@@ -35,6 +35,7 @@ from traces.schema import column_lists
 
 MAX_STRETCH = 4096
 INF = float("inf")
+INT_MAX = np.iinfo(np.int64).max
 # A stretch shorter than this is left to the step path: moving it in one go costs about what its
 # steps cost (under overload an arrival or a completion ends a stretch every few steps).
 MIN_STRETCH = 8
@@ -428,12 +429,15 @@ class Simulator:
             self._charge_tokens(produced, 1, a[GENERATED, produced] + g)
         finished = 0
         if g >= self._next_finish:
-            decoding = a[DECODING, :m] != 0
-            done = np.flatnonzero(decoding & (a[OUTPUT, :m] - a[GENERATED, :m] <= g))
+            left = a[OUTPUT, :m] - a[GENERATED, :m]  # tokens to go, plus g, for a decoding request
+            if self._decoding != m:
+                left[a[DECODING, :m] == 0] = INT_MAX
+            done = np.flatnonzero(left <= g)
+            rest = left[left > g]
+            low = int(rest.min()) if len(rest) else INT_MAX
+            self._next_finish = INF if low == INT_MAX else low
             finished = len(done)
             self._finish(done, end)
-            left = (a[OUTPUT, : batch.n] - a[GENERATED, : batch.n])[a[DECODING, : batch.n] != 0]
-            self._next_finish = int(left.min()) if len(left) else INF
 
         self.log.row(
             self.step, now, dt, True, prefill_tokens, n, admitted, n, m, self.policy.waiting, admitted, finished, 0,
@@ -748,7 +752,8 @@ class Simulator:
         """The requests at ``pos`` (decoding ones when decode steps are counted in ``_g``)
         produced their last token."""
         batch = self.batch
-        rows, computed, generated, blocks = batch.a[[ROW, COMPUTED, GENERATED, BLOCKS]][:, pos].tolist()
+        cols = batch.a[:, pos].tolist()
+        rows, computed, generated, blocks = cols[ROW], cols[COMPUTED], cols[GENERATED], cols[BLOCKS]
         g = self._g
         if g:  # stored values: take the aggregates' share out, then the true values
             bs = self.bs
