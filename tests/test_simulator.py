@@ -167,10 +167,45 @@ def test_vectorised_engine_equals_the_plain_loop_when_many_finish_at_once(policy
                              stall_free=True)  # fmt: skip
 
 
-def _assert_equals_reference(table, policy, **engine):
+def test_counted_decode_steps_equal_the_plain_loop(monkeypatch):
+    """A loaded engine mostly only decodes: those steps are counted (``_decode_step``), not
+    written into every request's columns; prefills, budget cuts and preemptions take the
+    general path, which writes the counted steps back first. Both kinds alternate here."""
+    calls = {"_decode_step": 0, "_general_step": 0}
+    for name in calls:
+        original = getattr(Simulator, name)
+
+        def counted(self, *args, _original=original, _name=name):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(Simulator, name, counted)
+    table = _random_workload(weight_choices=(1.0, 1.6, 2.0))
+    for policy in ("vtc", "equinox"):
+        _assert_equals_reference(table, policy, cost=KVCost(), kv_capacity_tokens=4096, max_running=64,
+                                 max_batch_tokens=512)  # fmt: skip
+    assert calls["_decode_step"] > 200 and calls["_general_step"] > 200
+
+
+class KVCost(LinearCost):
+    """Steps that also cost per KV token read and per prefill query-key pair (in whole units:
+    any order of summing gives the same float)."""
+
+    def __init__(self):
+        super().__init__(base=0.01, per_token=1e-5)
+
+    def step_time(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv_tokens, num_requests):
+        base = super().step_time(prefill_tokens, prefill_pairs, decode_tokens, 0, num_requests)
+        return base + 1e-7 * decode_kv_tokens + 1e-8 * prefill_pairs
+
+    def step_flops(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv_tokens):
+        return 2.0 * (prefill_tokens + decode_tokens) + 4.0 * prefill_pairs + decode_kv_tokens
+
+
+def _assert_equals_reference(table, policy, cost=None, **engine):
     import reference_engine
 
-    cost = LinearCost(base=0.01, per_token=1e-5)
+    cost = cost or LinearCost(base=0.01, per_token=1e-5)
     config = EngineConfig(fast_forward=False, **engine)
     requests, steps = Simulator(config, cost, make_policy(policy)).run(table)
     expected_requests, expected_steps = reference_engine.replay(table, config, cost, make_policy(policy))
