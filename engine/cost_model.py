@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Protocol, Union
 
 import numpy as np
@@ -253,23 +253,37 @@ class RooflineCostModel:
         )
         return _ret(np.where(tokens > 0, t, 0.0))
 
+    @cached_property
+    def _terms(self) -> tuple:
+        """The constant factors of the scalar path, each evaluated as the array path evaluates it
+        (left to right), so that the results agree bit for bit."""
+        m, hw = self.model, self.hardware
+        return (
+            2.0 * m.linear_params,  # FLOPs per token of the linear layers
+            self.peak_flops * self.compute_efficiency,
+            m.linear_params * m.bytes_per_param / (self.tp * hw.mem_bandwidth * self.memory_efficiency),
+            4.0 * m.d_model * m.n_layers,  # FLOPs per query-key pair
+            self.peak_flops * self.attention_efficiency,
+            m.kv_bytes_per_token,
+            self.tp * hw.mem_bandwidth * self.memory_efficiency,
+        )
+
     def _step_time_scalar(self, prefill_tokens, pairs, decode_tokens, decode_kv, num_requests) -> float:
         """``step_time`` of one step in plain floats, operation for operation."""
         tokens = float(prefill_tokens) + float(decode_tokens)
         if not tokens > 0:
             return 0.0
-        m, hw = self.model, self.hardware
-        compute = 2.0 * m.linear_params * tokens / (self.peak_flops * self.compute_efficiency)
-        memory = m.linear_params * m.bytes_per_param / (self.tp * hw.mem_bandwidth * self.memory_efficiency)
+        linear_flops, compute_rate, memory, pair_flops, attention_rate, kv_bytes, bandwidth = self._terms
+        compute = linear_flops * tokens / compute_rate
         p = self.roofline_p
-        if math.isinf(p):
-            linear = max(compute, memory)
-        elif p == 2.0:
+        if p == 2.0:
             linear = math.sqrt(compute * compute + memory * memory)
+        elif math.isinf(p):
+            linear = max(compute, memory)
         else:
             linear = (compute**p + memory**p) ** (1.0 / p)
-        prefill = 4.0 * m.d_model * m.n_layers * float(pairs) / (self.peak_flops * self.attention_efficiency)
-        decode = m.kv_bytes_per_token * float(decode_kv) / (self.tp * hw.mem_bandwidth * self.memory_efficiency)
+        prefill = pair_flops * float(pairs) / attention_rate
+        decode = kv_bytes * float(decode_kv) / bandwidth
         return linear + (prefill + decode) + self.step_overhead_s + self.request_overhead_s * float(num_requests)
 
     def step_flops(
@@ -279,6 +293,11 @@ class RooflineCostModel:
         decode_tokens: ArrayLike,
         decode_kv_tokens: ArrayLike,
     ) -> ArrayLike:
+        if _scalars(prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens):  # as model_flops
+            linear_flops, _, _, pair_flops, *_ = self._terms
+            tokens = float(prefill_tokens) + float(decode_tokens)
+            pairs = float(prefill_attn_pairs) + float(decode_kv_tokens)
+            return linear_flops * tokens + pair_flops * pairs
         return model_flops(self.model, prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens)
 
 

@@ -317,8 +317,10 @@ class Simulator:
             self._rebuild()
         if self._lazy and self._decoding == n and n <= step_budget:
             need = self._residues[-self._g % self.bs]
-            if need <= self.free:
-                return self._decode_step(now, step_budget, need)
+            preempted = 0
+            if need > self.free:
+                need, preempted = self._preempt_for_blocks()
+            return self._decode_step(now, step_budget, need, preempted)
         self._materialize()
         return self._general_step(now, step_budget)
 
@@ -344,6 +346,28 @@ class Simulator:
         self._next_finish = int((a[OUTPUT, :n] - a[GENERATED, :n]).min()) if n else INF
         self._lazy = True
 
+    def _forget_decoding(self, computed: int) -> None:
+        """Take a decoding request with stored COMPUTED ``computed`` out of the aggregates."""
+        self._decoding -= 1
+        self._kv_stored -= computed
+        self._residues[computed % self.bs] -= 1
+
+    def _preempt_for_blocks(self) -> tuple[int, int]:
+        """Every request decodes but their new blocks do not fit: preempt the most recently
+        admitted as ``_schedule_with_preemption`` does; (new blocks of the rest, preempted)."""
+        batch = self.batch
+        n = batch.n
+        a = batch.a
+        bs = self.bs
+        computed = a[COMPUTED, :n] + self._g
+        need = (computed % bs == 0).astype(np.int64)
+        _, cut, needed = self._preemption_cut(need, (computed + bs - 1) // bs)
+        for _ in range(n - cut):
+            self._preempt_last()
+        left = a[OUTPUT, :cut] - a[GENERATED, :cut]
+        self._next_finish = int(left.min()) if cut else INF
+        return needed, n - cut
+
     def _materialize(self) -> None:
         """Write the decode steps counted in ``_g`` into the columns; the aggregates lapse."""
         g = self._g
@@ -359,9 +383,10 @@ class Simulator:
             self._g = 0
         self._lazy = False
 
-    def _decode_step(self, now: float, step_budget: int, need: int) -> float:
-        """A step in which every running request decodes (``need`` of them take a new block),
-        then waiting requests are admitted as in ``_general_step``."""
+    def _decode_step(self, now: float, step_budget: int, need: int, preempted: int) -> float:
+        """A step in which every running request decodes (``need`` of them take a new block,
+        after ``preempted`` were preempted for blocks), then, if none was, waiting requests are
+        admitted as in ``_general_step``."""
         cfg = self.config
         batch = self.batch
         a = batch.a
@@ -369,7 +394,7 @@ class Simulator:
         self.free -= need
         chunks: list[int] = []
         complete: list[bool] = []
-        if self.step % cfg.admit_every == 0 or not n:
+        if not preempted and (self.step % cfg.admit_every == 0 or not n):
             chunks, complete = self._admit(now, step_budget - n)
         m = batch.n
         admitted = m - n
@@ -440,7 +465,8 @@ class Simulator:
             self._finish(done, end)
 
         self.log.row(
-            self.step, now, dt, True, prefill_tokens, n, admitted, n, m, self.policy.waiting, admitted, finished, 0,
+            self.step, now, dt, True, prefill_tokens, n, admitted, n, m, self.policy.waiting, admitted, finished,
+            preempted,
             (cfg.total_blocks - self.free) * bs, cfg.total_blocks * bs, step_budget, float(flops),
         )  # fmt: skip
         self.step += 1
@@ -605,10 +631,19 @@ class Simulator:
         first i + 1 need, request i needs the cut ``c_i = max {c : C[i] <= free + S[c]}``; the
         first i with ``c_i <= i`` is preempted with all after it, else the last cut stands.
         """
-        batch = self.batch
-        a = batch.a
-        n = batch.n
-        held = a[BLOCKS, :n]
+        a = self.batch.a
+        n = self.batch.n
+        scheduled, cut, needed = self._preemption_cut(need, a[BLOCKS, :n])
+        if scheduled:
+            a[BLOCKS, :scheduled] += need[:scheduled]
+            self.free -= needed
+        for _ in range(n - cut):  # the most recently admitted first, as the in-order walk pops them
+            self._preempt_last()
+        return None, tokens[:scheduled], n - cut
+
+    def _preemption_cut(self, need: np.ndarray, held: np.ndarray) -> tuple[int, int, int]:
+        """(requests scheduled, the first one preempted, new blocks of those scheduled) for the
+        new blocks ``need`` of the first ``len(need)`` requests and the blocks ``held`` by each."""
         tail = np.concatenate((np.cumsum(held[::-1])[::-1], [0]))  # S[c], c = 0..n, non-increasing
         needed = np.cumsum(need)
         cuts = np.searchsorted(-tail, self.free - needed, side="right") - 1
@@ -617,12 +652,7 @@ class Simulator:
             scheduled = cut = int(stuck.argmax())
         else:
             scheduled, cut = len(need), int(cuts[-1])
-        if scheduled:
-            a[BLOCKS, :scheduled] += need[:scheduled]
-            self.free -= int(needed[scheduled - 1])
-        for _ in range(n - cut):  # the most recently admitted first, as the in-order walk pops them
-            self._preempt_last()
-        return None, tokens[:scheduled], n - cut
+        return scheduled, cut, int(needed[scheduled - 1]) if scheduled else 0
 
     def _schedule_running_in_order(self, budget: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Schedule the running requests one by one, preempting the most recently admitted
@@ -712,10 +742,16 @@ class Simulator:
         """Preempt the most recently admitted request: its KV is dropped, it waits again."""
         batch = self.batch
         p = batch.n - 1
-        req = self.reqs[int(batch.a[ROW, p])]
-        self.free += int(batch.a[BLOCKS, p])
+        row, computed, generated, blocks = batch.a[[ROW, COMPUTED, GENERATED, BLOCKS], p].tolist()
+        if self._lazy:  # a decoding request with stored values
+            self._forget_decoding(computed)
+            computed += self._g
+            generated += self._g
+            blocks = _ceil_div(computed, self.bs)
+        req = self.reqs[row]
+        self.free += blocks
         batch.n = p
-        req.generated = int(batch.a[GENERATED, p])
+        req.generated = generated
         req.blocks = 0
         req.computed = 0
         req.decoding = False
@@ -754,14 +790,11 @@ class Simulator:
         batch = self.batch
         cols = batch.a[:, pos].tolist()
         rows, computed, generated, blocks = cols[ROW], cols[COMPUTED], cols[GENERATED], cols[BLOCKS]
-        g = self._g
-        if g:  # stored values: take the aggregates' share out, then the true values
+        if self._lazy:  # decoding requests with stored values: out of the aggregates, true values
+            g = self._g
             bs = self.bs
-            residues = self._residues
             for c in computed:
-                residues[c % bs] -= 1
-            self._kv_stored -= sum(computed)
-            self._decoding -= len(rows)
+                self._forget_decoding(c)
             computed = [c + g for c in computed]
             generated = [x + g for x in generated]
             blocks = [(c + bs - 1) // bs for c in computed]

@@ -169,9 +169,10 @@ def test_vectorised_engine_equals_the_plain_loop_when_many_finish_at_once(policy
 
 def test_counted_decode_steps_equal_the_plain_loop(monkeypatch):
     """A loaded engine mostly only decodes: those steps are counted (``_decode_step``), not
-    written into every request's columns; prefills, budget cuts and preemptions take the
-    general path, which writes the counted steps back first. Both kinds alternate here."""
-    calls = {"_decode_step": 0, "_general_step": 0}
+    written into every request's columns, and preempt from the counted values when blocks run
+    out (``_preempt_for_blocks``); prefills and budget cuts take the general path, which writes
+    the counted steps back first. All three happen here."""
+    calls = {"_decode_step": 0, "_general_step": 0, "_preempt_for_blocks": 0}
     for name in calls:
         original = getattr(Simulator, name)
 
@@ -184,7 +185,7 @@ def test_counted_decode_steps_equal_the_plain_loop(monkeypatch):
     for policy in ("vtc", "equinox"):
         _assert_equals_reference(table, policy, cost=KVCost(), kv_capacity_tokens=4096, max_running=64,
                                  max_batch_tokens=512)  # fmt: skip
-    assert calls["_decode_step"] > 200 and calls["_general_step"] > 200
+    assert calls["_decode_step"] > 200 and calls["_general_step"] > 200 and calls["_preempt_for_blocks"] > 5
 
 
 class KVCost(LinearCost):
