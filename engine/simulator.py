@@ -222,7 +222,7 @@ class Simulator:
         self._decoding = 0  # decoding requests in the batch
         self._kv_stored = 0  # sum of their stored COMPUTED
         self._residues = [0] * self.bs  # how many of them have stored COMPUTED % bs == r
-        self._next_finish = INF  # the smallest g at which one of them finishes
+        self._next_finish = INF  # at most the smallest g at which one of them finishes
 
         columns = column_lists(workload)  # Request's positional arguments, in order
         arrivals = columns[2]
@@ -354,19 +354,18 @@ class Simulator:
 
     def _preempt_for_blocks(self) -> tuple[int, int]:
         """Every request decodes but their new blocks do not fit: preempt the most recently
-        admitted as ``_schedule_with_preemption`` does; (new blocks of the rest, preempted)."""
+        admitted until the rest's fit (what ``_schedule_with_preemption`` decides: with new
+        blocks of 0 or 1 a request, the walk in order stops at the same cut); (new blocks of
+        the rest, preempted)."""
         batch = self.batch
-        n = batch.n
-        a = batch.a
-        bs = self.bs
-        computed = a[COMPUTED, :n] + self._g
-        need = (computed % bs == 0).astype(np.int64)
-        _, cut, needed = self._preemption_cut(need, (computed + bs - 1) // bs)
-        for _ in range(n - cut):
+        residue = -self._g % self.bs
+        before = batch.n
+        while self._residues[residue] > self.free:
             self._preempt_last()
-        left = a[OUTPUT, :cut] - a[GENERATED, :cut]
-        self._next_finish = int(left.min()) if cut else INF
-        return needed, n - cut
+        n = batch.n
+        left = batch.a[OUTPUT, :n] - batch.a[GENERATED, :n]
+        self._next_finish = int(left.min()) if n else INF
+        return self._residues[residue], before - n
 
     def _materialize(self) -> None:
         """Write the decode steps counted in ``_g`` into the columns; the aggregates lapse."""
@@ -462,7 +461,8 @@ class Simulator:
             low = int(rest.min()) if len(rest) else INT_MAX
             self._next_finish = INF if low == INT_MAX else low
             finished = len(done)
-            self._finish(done, end)
+            if finished:
+                self._finish(done, end)
 
         self.log.row(
             self.step, now, dt, True, prefill_tokens, n, admitted, n, m, self.policy.waiting, admitted, finished,
@@ -742,7 +742,8 @@ class Simulator:
         """Preempt the most recently admitted request: its KV is dropped, it waits again."""
         batch = self.batch
         p = batch.n - 1
-        row, computed, generated, blocks = batch.a[[ROW, COMPUTED, GENERATED, BLOCKS], p].tolist()
+        column = batch.a[:, p].tolist()
+        row, computed, generated, blocks = column[ROW], column[COMPUTED], column[GENERATED], column[BLOCKS]
         if self._lazy:  # a decoding request with stored values
             self._forget_decoding(computed)
             computed += self._g
