@@ -22,6 +22,7 @@ import io
 import json
 import warnings
 import zipfile
+from bisect import bisect_left
 from pathlib import Path
 from typing import NamedTuple
 
@@ -266,9 +267,19 @@ class Session:
     """Predictions for the scheduler's hot path, with the client history of one replay.
 
     ``predict(reqs)`` and ``predict_one(req)`` use only what a Request carries before it
-    runs; ``observe(req)`` records a finished request.  A request's prompt features and
-    expert are computed at first sight and kept until it is observed.
+    runs and the client history at the call; ``observe(req)`` records a finished request.
+    A request's prompt features and expert are computed at first sight and kept until it is
+    observed.
+
+    ``arrive(req)`` and ``output_tokens(req)`` are the scheduler's amortised path (Equinox):
+    ``arrive`` takes a request's features at its arrival, the client history included (what
+    features.py defines for training: requests finished before it arrived), and
+    ``output_tokens`` returns its predicted output length, predicting every arrived request
+    not predicted yet in one batch, for the output length alone.  The feature rows are
+    dropped once predicted, and a prediction once taken.
     """
+
+    BATCH_ROWS = 1024  # largest batch predicted at once (bounds the temporary arrays; cache-sized)
 
     def __init__(self, bundle: Bundle, model: str):
         self.bundle = bundle
@@ -284,16 +295,34 @@ class Session:
         self._prior = float(bundle.manifest["priors"]["output_tokens"])
         self._history: dict[str, list] = {}  # client -> [sum of output tokens, finished requests]
         self._seen: dict[object, tuple] = {}  # request_id -> (expert, static features)
+        # the amortised path: output lengths only, features taken at arrival, predicted in batches
+        self._output_forest = Forest(request, targets=[REQUEST_TARGETS.index("output_tokens")])
+        self._output_floor = FLOORS.get("output_tokens", 0.0)
+        self._threshold_list = None if self._thresholds is None else self._thresholds.tolist()
+        self._arrived_ids: list = []  # arrived requests not predicted yet: ids, experts, feature rows
+        self._arrived_experts: list[int] = []
+        self._arrived: list = []  # their feature rows one after the other (a flat list converts faster)
+        self._output: dict[object, float] = {}  # request_id -> predicted output tokens, until taken
 
     def _static(self, req: Request) -> tuple:
         seen = self._seen.get(req.request_id)
         if seen is None:
-            expert = 0 if self._thresholds is None else int(route(self._thresholds, req.prompt_tokens))
-            buckets = text_buckets(req.prompt)
-            weights, bias = self._text[expert]
-            static = (req.prompt_tokens, *req.arrival_state, len(buckets), text_score(buckets, weights, bias))
-            seen = self._seen[req.request_id] = (expert, static)
+            seen = self._seen[req.request_id] = self._prompt_features(req)
         return seen
+
+    def _prompt_features(self, req: Request) -> tuple[int, tuple]:
+        """A request's expert and the features that do not depend on the client history."""
+        if self._threshold_list is None:
+            expert = 0
+        else:  # route(): the first threshold >= prompt_tokens (searchsorted, side="left")
+            expert = bisect_left(self._threshold_list, req.prompt_tokens)
+        weights, bias = self._text[expert]
+        if req.prompt:
+            buckets = text_buckets(req.prompt)
+            text = (len(buckets), text_score(buckets, weights, bias))
+        else:
+            text = (0, bias)  # what text_buckets and text_score give without text
+        return expert, (req.prompt_tokens, *req.arrival_state, *text)
 
     def features(self, reqs: list[Request]) -> tuple[np.ndarray, np.ndarray]:
         """The float32 feature matrix (REQUEST_FEATURES) and each request's expert."""
@@ -314,12 +343,67 @@ class Session:
     def predict_one(self, req: Request) -> Prediction:
         return Prediction(*(float(v[0]) for v in self.predict([req])))
 
+    # -- the amortised path --------------------------------------------------------------
+    def arrive(self, req: Request) -> None:
+        """Take ``req``'s features now, at its arrival (``req.arrival_state`` must be set): the
+        client history is what ``observe`` has recorded so far.  Its output length is predicted
+        with the next batch (``output_tokens``)."""
+        seen = self._seen.pop(req.request_id, None) if self._seen else None
+        history = self._history.get(req.client)
+        mean, count = (self._prior, 0) if history is None else (history[0] / history[1], history[1])
+        if seen is None and not req.prompt:  # the common case, without _prompt_features' call
+            expert = 0 if self._threshold_list is None else bisect_left(self._threshold_list, req.prompt_tokens)
+            row = (req.prompt_tokens, *req.arrival_state, mean, count, 0, self._text[expert][1])
+        else:
+            expert, static = seen or self._prompt_features(req)
+            row = (*static[:5], mean, count, *static[5:])
+        self._arrived.extend(row)
+        self._arrived_experts.append(expert)
+        self._arrived_ids.append(req.request_id)
+
+    def output_tokens(self, req: Request) -> float:
+        """The predicted output length of ``req``, from its features at arrival; a request that
+        did not ``arrive`` takes its features now.  When it is not predicted yet, every arrived
+        request is predicted in one batch.  The prediction is then forgotten."""
+        value = self._output.pop(req.request_id, None)
+        if value is None:
+            if not self._arrived_ids:
+                self.arrive(req)
+            self.predict_arrived()
+            value = self._output.pop(req.request_id, None)
+            if value is None:  # it never arrived
+                self.arrive(req)
+                self.predict_arrived()
+                value = self._output.pop(req.request_id)
+        return value
+
+    def forget(self, req: Request) -> None:
+        """Drop ``req``'s features and prediction, if it has any (it left without being admitted)."""
+        self._output.pop(req.request_id, None)
+        self._seen.pop(req.request_id, None)
+        if self._arrived_ids and req.request_id in self._arrived_ids:
+            k = self._arrived_ids.index(req.request_id)
+            width = len(REQUEST_FEATURES)
+            del self._arrived_ids[k], self._arrived_experts[k], self._arrived[k * width : (k + 1) * width]
+
+    def predict_arrived(self) -> None:
+        """Predict the output length of every arrived request not predicted yet, and drop their rows."""
+        values, experts, ids = self._arrived, self._arrived_experts, self._arrived_ids
+        self._arrived, self._arrived_experts, self._arrived_ids = [], [], []
+        width, batch = len(REQUEST_FEATURES), self.BATCH_ROWS
+        for start in range(0, len(ids), batch):
+            end = start + batch
+            X = np.array(values[start * width : end * width], dtype=np.float32).reshape(-1, width)
+            out = self._output_forest.predict(X, np.array(experts[start:end], dtype=np.intp))
+            self._output.update(zip(ids[start:end], np.maximum(out[:, 0], self._output_floor).tolist()))
+
     def observe(self, req: Request) -> None:
         """Record a finished request: its output length joins its client's history."""
         history = self._history.setdefault(req.client, [0, 0])
         history[0] += req.generated
         history[1] += 1
         self._seen.pop(req.request_id, None)
+        self._output.pop(req.request_id, None)
 
     def step(self, prefill_tokens, decode_tokens, running, kv_used) -> StepPrediction:
         """Predictions for candidate batches; arguments are numbers or equal-length arrays."""

@@ -62,28 +62,39 @@ def fit_trees(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 class Forest:
-    """Arrays ``feature``/``threshold`` (E, K, T, 2^D - 1), ``value`` (E, K, T, 2^D), ``init`` (E, K)."""
+    """Arrays ``feature``/``threshold`` (E, K, T, 2^D - 1), ``value`` (E, K, T, 2^D), ``init`` (E, K).
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    ``targets`` (indices into K) keeps only those targets' trees: a forest that walks fewer trees
+    and predicts, for them, exactly what the whole forest does."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], targets: list[int] | None = None):
+        if targets is not None:
+            arrays = {name: arrays[name][:, targets] for name in ("feature", "threshold", "value", "init")}
         experts, self.targets, self.trees, inner = arrays["feature"].shape
         self.depth = (inner + 1).bit_length() - 1
         tree_ids = np.arange(experts * self.targets * self.trees, dtype=np.intp).reshape(experts, -1)
-        self.inner_base = tree_ids * inner
-        self.leaf_base = tree_ids * (inner + 1) - inner
+        self.inner_base = tree_ids * inner  # each tree's root, per expert: (E, K * T)
         self.feature = arrays["feature"].astype(np.intp).ravel()
         self.threshold = arrays["threshold"].ravel()
         self.value = arrays["value"].ravel()
         self.init = arrays["init"]
+        # Split node g (tree t, node n) -> its left child: split node t * inner + 2n + 1, or on the
+        # last level leaf t * (inner + 1) + 2n + 1 - inner; the right child is the next one.
+        tree, node = np.divmod(np.arange(len(self.feature), dtype=np.intp), inner)
+        child = 2 * node + 1
+        self.left = np.where(child < inner, tree * inner + child, tree * (inner + 1) + child - inner)
 
     def predict(self, X: np.ndarray, expert: np.ndarray) -> np.ndarray:
         """(B, K) predictions for float32 features ``X`` (B, F), row b in expert ``expert[b]``'s trees."""
         n, width = X.shape
-        base = self.inner_base[expert]  # (B, K * T)
-        flat = X.ravel()
-        row = (np.arange(n, dtype=np.intp) * width)[:, None]
-        node = np.zeros_like(base)
-        for _ in range(self.depth):
-            at = base + node
-            node = 2 * node + 1 + (flat[row + self.feature[at]] > self.threshold[at])
-        leaves = self.value[self.leaf_base[expert] + node]
+        flat = X.astype(np.float64).ravel()  # exact; compared with float64 thresholds either way
+        at = self.inner_base[expert]  # (B, K * T): each tree's current node, then its leaf
+        if n == 1:
+            for _ in range(self.depth):
+                at = self.left[at] + (flat[self.feature[at]] > self.threshold[at])
+        else:
+            row = (np.arange(n, dtype=np.intp) * width)[:, None]
+            for _ in range(self.depth):
+                at = self.left[at] + (flat[row + self.feature[at]] > self.threshold[at])
+        leaves = self.value[at]
         return leaves.reshape(n, self.targets, self.trees).sum(axis=2) + self.init[expert]

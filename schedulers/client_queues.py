@@ -44,8 +44,12 @@ class ClientQueues(Policy):
     def _new_head(self, req: Request, now: float) -> None:
         """``req`` became the head of its client's queue after an admission."""
 
+    def _resumed(self, req: Request) -> None:
+        """``req`` was admitted without an admission charge (``resumed``)."""
+
     # -- the queue verbs --------------------------------------------------------------
     def on_arrival(self, req: Request, now: float) -> bool:
+        # (Equinox.on_arrival inlines this and its _backlog: keep the two in step.)
         client = req.client
         queue = self._queues.get(client)
         if queue is None:
@@ -67,6 +71,8 @@ class ClientQueues(Policy):
         self._waiting -= 1
         if not resumed:
             self._charge_admission(req, now)
+        else:
+            self._resumed(req)
         if queue:
             self._new_head(queue[0], now)
         else:

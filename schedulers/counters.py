@@ -32,9 +32,21 @@ class ClientCounters:
         self.values = np.zeros((rows, BLOCK))
         self.keys = np.full((rows, BLOCK), INF)  # the values of backlogged clients, inf elsewhere
         self.backlogged = np.zeros(BLOCK, dtype=bool)
-        self.block_min = np.full((rows, 1), INF)  # per block, the minimum of keys
+        self._block_min = np.full((rows, 1), INF)  # per block, the minimum of keys (see block_min)
+        self._views()
         self.totals = [0.0] * rows  # sums over the backlogged clients
         self.count = 0  # backlogged clients
+        # A block whose minima are out of date (-1: none).  Raising or removing a block's smallest
+        # key leaves its minima to be recomputed at the next query, so that an admission (charge,
+        # then leave the queue) followed by an arrival in the same block rescans the block once.
+        self._stale = -1
+
+    def _views(self) -> None:
+        """Views that the hot paths index without rebuilding them: each row of the block minima and
+        of the keys, and the keys as (rows, blocks, BLOCK)."""
+        self._min_rows = list(self._block_min)
+        self._key_rows = list(self.keys)
+        self._key_blocks = self.keys.reshape(self.rows, -1, BLOCK)
 
     # -- clients ---------------------------------------------------------------------
     def add_client(self, name: str) -> int:
@@ -43,7 +55,8 @@ class ClientCounters:
             self.values = np.concatenate((self.values, np.zeros_like(self.values)), axis=1)
             self.keys = np.concatenate((self.keys, np.full_like(self.keys, INF)), axis=1)
             self.backlogged = np.concatenate((self.backlogged, np.zeros_like(self.backlogged)))
-            self.block_min = np.concatenate((self.block_min, np.full_like(self.block_min, INF)), axis=1)
+            self._block_min = np.concatenate((self._block_min, np.full_like(self._block_min, INF)), axis=1)
+            self._views()
         self.index[name] = i
         self.names.append(name)
         return i
@@ -55,56 +68,106 @@ class ClientCounters:
     def as_dict(self, row: int) -> dict[str, float]:
         return dict(zip(self.names, self.values[row, : len(self.names)].tolist()))
 
+    @property
+    def block_min(self) -> np.ndarray:
+        """Per row and block, the smallest key (inf: no backlogged client in the block)."""
+        if self._stale >= 0:
+            self._clean()
+        return self._block_min
+
     # -- changes -----------------------------------------------------------------------
+    # (One client's counters are read and written one element at a time: with one or two rows
+    # that is cheaper than a column view.)
     def backlog(self, i: int) -> None:
         self.backlogged[i] = True
         self.count += 1
         block = i // BLOCK
+        values, keys, totals, block_min = self.values, self.keys, self.totals, self._block_min
+        fresh = block != self._stale
         for row in range(self.rows):
-            value = float(self.values[row, i])
-            self.keys[row, i] = value
-            self.totals[row] += value
-            if value < self.block_min[row, block]:
-                self.block_min[row, block] = value
+            value = values.item(row, i)
+            keys[row, i] = value
+            totals[row] += value
+            if fresh and value < block_min.item(row, block):
+                block_min[row, block] = value
 
     def unbacklog(self, i: int) -> None:
         self.backlogged[i] = False
         self.count -= 1
+        values, keys, block_min = self.values, self.keys, self._block_min
         if self.count:
+            totals = self.totals
             for row in range(self.rows):
-                self.totals[row] -= float(self.values[row, i])
+                totals[row] -= values.item(row, i)
         else:
             self.totals = [0.0] * self.rows  # no drift carried over an empty queue
         block = i // BLOCK
-        was_min = any(self.keys[row, i] == self.block_min[row, block] for row in range(self.rows))
-        self.keys[:, i] = INF
-        if was_min:
-            self._refresh(block)
+        stale = block == self._stale
+        for row in range(self.rows):
+            if not stale and keys.item(row, i) == block_min.item(row, block):  # it held a minimum
+                stale = True
+                self._mark(block)  # rescan later
+            keys[row, i] = INF
 
     def add(self, i: int, amounts: tuple[float, ...]) -> None:
         """Add ``amounts`` (one per row) to client ``i``'s counters."""
-        backlogged = self.backlogged[i]
-        refresh = False
+        values = self.values
+        if not self.backlogged[i]:
+            for row, amount in enumerate(amounts):
+                if amount:
+                    values[row, i] = values.item(row, i) + amount
+            return
+        keys, block_min, totals = self.keys, self._block_min, self.totals
+        block = i // BLOCK
+        stale = block == self._stale
         for row, amount in enumerate(amounts):
             if amount:
-                value = float(self.values[row, i]) + amount
-                self.values[row, i] = value
-                if backlogged:
-                    self.totals[row] += amount
-                    # a lower key may be the block's new minimum; a raised minimum needs a rescan
-                    refresh |= amount < 0 or self.keys[row, i] == self.block_min[row, i // BLOCK]
-                    self.keys[row, i] = value
-        if refresh:
-            self._refresh(i // BLOCK)
+                value = values.item(row, i) + amount
+                values[row, i] = value
+                totals[row] += amount
+                if stale:
+                    pass
+                elif amount < 0:  # a lower key: the block's minimum is the smaller of the two
+                    if value < block_min[row, block]:
+                        block_min[row, block] = value
+                elif keys[row, i] == block_min[row, block]:  # the minimum was raised: rescan later
+                    stale = True
+                keys[row, i] = value
+        if stale:
+            self._mark(block)
 
     def set(self, i: int, row: int, value: float) -> None:
         """Set one counter (a lift)."""
-        old = float(self.values[row, i])
+        old = self.values.item(row, i)
         self.values[row, i] = value
         if self.backlogged[i]:
             self.keys[row, i] = value
             self.totals[row] += value - old
-            self._refresh(i // BLOCK)
+            self._mark(i // BLOCK)
+
+    def lift(self, i: int, last: int | None) -> None:
+        """Raise each counter of client ``i`` (not backlogged) to the smallest over the backlogged
+        clients, or, when none is, to the counter of client ``last`` (the last to leave the queue;
+        None or ``i``: no lift)."""
+        values = self.values
+        if self.count:
+            if self._stale >= 0:
+                self._clean()
+            # A backlogged client of i's own block bounds the floor from above: usually no lift.
+            block, block_min = i // BLOCK, self._block_min
+            for row in range(self.rows):
+                if values.item(row, i) < block_min.item(row, block):
+                    break
+            else:
+                return
+            floors = block_min.min(axis=1).tolist()
+        elif last is not None and last != i:
+            floors = [values.item(row, last) for row in range(self.rows)]
+        else:
+            return
+        for row, floor in enumerate(floors):
+            if floor > values.item(row, i):
+                self.set(i, row, floor)
 
     def add_many(self, row: int, columns: np.ndarray, amounts: np.ndarray) -> None:
         """Add ``amounts[j]`` to counter ``row`` of client ``columns[j]`` (distinct columns)."""
@@ -136,40 +199,61 @@ class ClientCounters:
         blocks = (m + BLOCK - 1) // BLOCK
         self._refresh(0 if blocks == 1 else np.arange(blocks), row)
 
+    def _mark(self, block: int) -> None:
+        """``block``'s minima may be out of date; a block marked before is recomputed now."""
+        if self._stale != block:
+            if self._stale >= 0:
+                self._refresh(self._stale)
+            self._stale = block
+
+    def _clean(self) -> None:
+        self._refresh(self._stale)
+        self._stale = -1
+
     def _refresh(self, blocks, row: int | None = None) -> None:
         """Recompute the block minima of ``blocks`` (one block index or an array of them), of
         one row or all."""
-        rows = slice(None) if row is None else row
         if isinstance(blocks, (int, np.integer)):
-            self.block_min[rows, blocks] = self.keys[rows, blocks * BLOCK : (blocks + 1) * BLOCK].min(axis=-1)
+            key_blocks, block_min = self._key_blocks, self._block_min
+            for r in range(self.rows) if row is None else (row,):
+                keys = key_blocks[r, blocks]
+                block_min[r, blocks] = keys.item(keys.argmin())  # the minimum (argmin is the cheaper call)
             return
-        n = self.block_min.shape[1]
-        self.block_min[rows, blocks] = self.keys.reshape(self.rows, n, BLOCK)[rows, blocks].min(axis=-1)
+        rows = slice(None) if row is None else row
+        self._block_min[rows, blocks] = self._key_blocks[rows, blocks].min(axis=-1)
 
     # -- queries -----------------------------------------------------------------------
     def value(self, i: int, row: int = 0) -> float:
-        return float(self.values[row, i])
+        return self.values.item(row, i)
 
     def min(self, row: int = 0) -> float:
         """The smallest counter of ``row`` over the backlogged clients (inf when none)."""
-        return float(self.block_min[row].min())
+        if self._stale >= 0:
+            self._clean()
+        return float(self._block_min[row].min())
 
     def _scores(self, block: int, coef: tuple[float, ...]) -> np.ndarray:
         """``sum(coef[r] * row r)`` of a block's clients (inf for those not backlogged)."""
         s = slice(block * BLOCK, (block + 1) * BLOCK)
+        if len(coef) == 2 and coef[0] and coef[1]:  # Equinox's HF: the loop below, unrolled
+            return coef[0] * self._key_rows[0][s] + coef[1] * self._key_rows[1][s]  # (1.0 * x is x)
         score = None
         for row, c in enumerate(coef):
             if c:  # 0 * inf would be nan
-                term = self.keys[row, s] if c == 1.0 else c * self.keys[row, s]
+                keys = self._key_rows[row][s]
+                term = keys if c == 1.0 else c * keys
                 score = term if score is None else score + term
         return score
 
     def _bounds(self, coef: tuple[float, ...]) -> np.ndarray:
         """Per block, a lower bound of its clients' scores (exact with one coefficient)."""
+        if len(coef) == 2 and coef[0] and coef[1]:  # Equinox's HF: the loop below, unrolled
+            return coef[0] * self._min_rows[0] + coef[1] * self._min_rows[1]
         bound = None
         for row, c in enumerate(coef):
             if c:
-                term = self.block_min[row] if c == 1.0 else c * self.block_min[row]
+                block_min = self._min_rows[row]
+                term = block_min if c == 1.0 else c * block_min
                 bound = term if bound is None else bound + term
         return bound
 
@@ -179,36 +263,49 @@ class ClientCounters:
 
         The block with the smallest bound is opened first; another block is opened only if
         its bound could still beat (or tie from a lower column) the best score found."""
-        if self.block_min.shape[1] == 1:  # one block: no bounds needed
+        if self._stale >= 0:
+            self._clean()
+        if self._block_min.shape[1] == 1:  # one block: no bounds needed
             scores = self._scores(0, coef)
             j = int(scores.argmin())
-            return None if scores[j] == INF else (j, float(scores[j]))
+            best = scores.item(j)
+            return None if best == INF else (j, best)
         bounds = self._bounds(coef)
         block = int(bounds.argmin())
-        if bounds[block] == INF:
+        low = bounds.item(block)
+        if low == INF:
             return None
         scores = self._scores(block, coef)
         j = int(scores.argmin())
-        best, best_i = float(scores[j]), block * BLOCK + j
-        if sum(1 for c in coef if c) > 1:  # with one coefficient the bounds are exact
-            maybe = np.flatnonzero(bounds <= best)  # usually just ``block``
-            if len(maybe) > 8:  # many ties (lifted clients): keep the blocks that could still win
-                starts = maybe * BLOCK
-                maybe = maybe[(bounds[maybe] < best) | (starts < best_i)]
-            for other in maybe.tolist():
-                if other == block:
-                    continue
-                if bounds[other] > best or (bounds[other] == best and other * BLOCK > best_i):
-                    continue
-                scores = self._scores(other, coef)
-                j = int(scores.argmin())
-                if scores[j] < best or (scores[j] == best and other * BLOCK + j < best_i):
-                    best, best_i = float(scores[j]), other * BLOCK + j
+        best, best_i = scores.item(j), block * BLOCK + j
+        if len(coef) - coef.count(0) == 1:  # with one coefficient the bounds are exact
+            return best_i, best
+        # Another block could hold a lower score (or an equal one in a lower column) only if its
+        # bound is at most ``best``: usually none is.  (``bounds`` is a new array: a sum of terms.)
+        bounds[block] = INF
+        if bounds.item(int(bounds.argmin())) > best:
+            return best_i, best
+        bounds[block] = low
+        maybe = np.flatnonzero(bounds <= best)
+        if len(maybe) > 8:  # many ties (lifted clients): keep the blocks that could still win
+            starts = maybe * BLOCK
+            maybe = maybe[(bounds[maybe] < best) | (starts < best_i)]
+        for other in maybe.tolist():
+            if other == block:
+                continue
+            if bounds[other] > best or (bounds[other] == best and other * BLOCK > best_i):
+                continue
+            scores = self._scores(other, coef)
+            j = int(scores.argmin())
+            if scores[j] < best or (scores[j] == best and other * BLOCK + j < best_i):
+                best, best_i = scores.item(j), other * BLOCK + j
         return best_i, best
 
     def within(self, coef: tuple[float, ...], upto: float) -> list[tuple[int, float]]:
         """Every backlogged client whose score is at most ``upto``, by increasing (score, first seen)."""
-        if self.block_min.shape[1] == 1:
+        if self._stale >= 0:
+            self._clean()
+        if self._block_min.shape[1] == 1:
             scores = self._scores(0, coef)
             inside = np.flatnonzero((scores <= upto) & (scores < INF))
             inside = inside[np.argsort(scores[inside], kind="stable")]  # ties stay in column order

@@ -26,12 +26,16 @@
 
 Both counters are lifted like VTC's when a client becomes backlogged.  Output lengths come
 from an oracle (the request's actual length), a predictor session (MoPE), or, by default,
-the client's moving average (as VTC-predict).  Every knob is in ``EquinoxKnobs``.
+the client's moving average (as VTC-predict).  A MoPE session takes each request's features
+when it arrives (the client's history then, as training defines them) and predicts output
+lengths in batches: the first admission that needs a prediction predicts every request that
+arrived since the last batch.  Every knob is in ``EquinoxKnobs``.
 """
 
 from __future__ import annotations
 
 from array import array
+from collections import deque
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -152,6 +156,19 @@ class Equinox(ClientQueues):
             raise ValueError("lengths='predictor' needs a predictor session")
         self.knobs = knobs
         self.predictor = predictor
+        # the knobs the per-admission paths read, as plain attributes
+        self._alpha, self._beta, self._gamma = knobs.alpha, knobs.beta, knobs.gamma
+        self._ttft_slo, self._tpot_slo, self._lengths = knobs.ttft_slo_s, knobs.tpot_slo_s, knobs.lengths
+        # A predictor session with the amortised path (predictors.Session) takes each request's
+        # features at arrival and predicts output lengths in batches, when an admission needs one;
+        # any other predictor is asked at admission (predict_one).
+        self._arrive = self._take = self._forget = None
+        if knobs.lengths == "predictor":
+            self._arrive = getattr(predictor, "arrive", None)
+            self._take = getattr(predictor, "output_tokens", None)
+            self._forget = getattr(predictor, "forget", None)
+            if self._take is None:
+                self._take = lambda req: float(predictor.predict_one(req).output_tokens)
         # UFC (row 0) and RFC (row 1) of every client, with their minima and sums over the
         # backlogged clients: the lowest HF is found without scanning every client.
         self._counters = ClientCounters(rows=2)
@@ -228,19 +245,34 @@ class Equinox(ClientQueues):
     def _new_head(self, req: Request, now: float) -> None:
         self._head_since.setdefault(req.request_id, now)
 
+    def on_arrival(self, req: Request, now: float) -> bool:
+        """ClientQueues.on_arrival with _backlog inlined (this runs once per request), after the
+        predictor, if any, takes the request's features."""
+        if self._arrive is not None:
+            self._arrive(req)
+        client = req.client
+        queue = self._queues.get(client)
+        if queue is None:
+            queue = self._queues[client] = deque()
+            self._new_client(client)
+        queue.append(req)
+        self._waiting += 1
+        if len(queue) == 1:  # _backlog(client, req, arrival=True)
+            counters = self._counters
+            i = counters.index[client]
+            self._head_since[req.request_id] = req.arrival_s
+            last = self._last_left
+            counters.lift(i, None if last is None else counters.index[last])
+            counters.backlog(i)
+        return True
+
+    def _resumed(self, req: Request) -> None:
+        if self._forget is not None and req.slot is None:  # never charged: a drop (serving's abort)
+            self._forget(req)  # its prediction will not be needed
+
     def _lift(self, i: int) -> None:
-        counters = self._counters
-        last = None if self._last_left is None else counters.index[self._last_left]
-        minima = counters.block_min.min(axis=1).tolist() if len(counters) else None
-        for row in (UFC, RFC):
-            if minima is not None:
-                floor = minima[row]
-            elif last is not None and last != i:
-                floor = counters.value(last, row)
-            else:
-                continue
-            if floor > counters.value(i, row):
-                counters.set(i, row, floor)
+        last = self._last_left
+        self._counters.lift(i, None if last is None else self._counters.index[last])
 
     def peek(self) -> Request | None:
         coef, _ = self._coefficients()
@@ -250,12 +282,17 @@ class Equinox(ClientQueues):
     def select(self, fits) -> Request | None:
         """The lowest-HF client's next request; if it does not fit, the first that does among
         the clients within ``delta`` of the lowest HF (none when ``delta`` is 0)."""
-        coef, zero = self._coefficients()
-        best = self._counters.smallest(coef)
+        counters = self._counters  # _coefficients, inlined: this runs once per admission
+        n, (total_ufc, total_rfc) = counters.count, counters.totals
+        a = self._alpha * n / total_ufc if total_ufc > 0 else 0.0
+        b = self._beta * n / total_rfc if total_rfc > 0 else 0.0
+        zero = a == 0 and b == 0
+        coef = (1.0, 0.0) if zero else (a, b)
+        best = counters.smallest(coef)
         if best is None:
             return None
         first, floor = best
-        names = self._counters.names
+        names = counters.names
         req = self._queues[names[first]][0]
         if fits(req):
             return req
@@ -278,32 +315,33 @@ class Equinox(ClientQueues):
         prompt = self.service.w_p * req.prompt_tokens * self._g(ttft, k.ttft_slo_s)
         return (prompt + self.service.w_q * output * self._g(tpot, k.tpot_slo_s)) / req.weight
 
-    def _predict(self, req: Request) -> tuple[float, float, float]:
-        """(output tokens, prefill seconds, seconds per output token) expected for ``req``."""
-        k = self.knobs
-        prefill_s = self._sec_per_step  # a prompt is prefilled in about one step (chunked)
-        tpot = self._sec_per_step
-        if k.lengths == "oracle":
-            out = float(req.output_tokens)
-        elif k.lengths == "predictor":
-            p = self.predictor.predict_one(req)
-            out = float(p.output_tokens)
-        else:
-            out = self._average.get(req.client, float(req.output_tokens))
-        return out, prefill_s, tpot
-
     def _charge_admission(self, req: Request, now: float) -> None:
-        out_hat, prefill_s, tpot_hat = self._predict(req)
-        head_since = self._head_since.get(req.request_id, req.arrival_s)
-        ufc = self._user_charge(req, out_hat, now - head_since + prefill_s, tpot_hat)
+        # _predict, _user_charge and _g inlined (the same arithmetic): this runs once per admission.
+        lengths = self._lengths
+        if lengths == "average":
+            out_hat = self._average.get(req.client, float(req.output_tokens))
+        elif lengths == "oracle":
+            out_hat = float(req.output_tokens)
+        else:
+            out_hat = self._take(req)
+        prefill_s = tpot_hat = self._sec_per_step  # a prompt is prefilled in about one step (chunked)
+        ttft = now - self._head_since.get(req.request_id, req.arrival_s) + prefill_s
+        gamma = self._gamma
+        late = ttft / self._ttft_slo - 1.0
+        g_ttft = 1.0 / (1.0 + gamma * (late if late > 0.0 else 0.0))
+        late = tpot_hat / self._tpot_slo - 1.0
+        discount = 1.0 / (1.0 + gamma * (late if late > 0.0 else 0.0))  # g(tpot_hat)
+        weight = req.weight
+        service = self.service
+        ufc = (service.w_p * req.prompt_tokens * g_ttft + service.w_q * out_hat * discount) / weight
         # Engine time is shared per token computed (on_step), so predict it the same way.
         rfc_hat = (req.prompt_tokens + out_hat) * self._sec_per_token
         req.predicted_output = out_hat
-        discount = self._g(tpot_hat, self.knobs.tpot_slo_s)
-        rfc = rfc_hat / req.weight
+        rfc = rfc_hat / weight
         client = self._counters.index[req.client]
-        req.slot = self._charges.add(client, req.weight, out_hat, tpot_hat, discount, ufc, rfc)
-        self._add(req.client, ufc, rfc)
+        req.slot = self._charges.add(client, weight, out_hat, tpot_hat, discount, ufc, rfc)
+        self._counters.add(client, (ufc, rfc))
+        self._changed[client] = True
 
     # The engine reports tokens and steps either per request (on_tokens, on_step) or as arrays of
     # slots (the simulator); the per-request calls gather their requests' slots and take the same path.

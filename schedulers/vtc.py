@@ -61,15 +61,8 @@ class VTC(ClientQueues):
         self._charge(req.slot, self.admission_charge(req) / req.weight)
 
     def _lift(self, i: int) -> None:
-        counters = self._counters
-        if len(counters):
-            floor = counters.min()
-        elif self._last_left is not None and counters.index[self._last_left] != i:
-            floor = counters.value(counters.index[self._last_left])
-        else:
-            return
-        if floor > counters.value(i):
-            counters.set(i, 0, floor)
+        last = self._last_left
+        self._counters.lift(i, None if last is None else self._counters.index[last])
 
     def peek(self) -> Request | None:
         best = self._counters.smallest((1.0,))

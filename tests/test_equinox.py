@@ -176,3 +176,39 @@ def test_lowest_hf_search_finds_the_same_order_as_a_full_scan():
     chosen = p.select(lambda r: r.client in fits_only)
     assert hf[full[5]] <= floor + 0.3 < hf[full[-1]]  # the sixth is within the slack, the last is not
     assert chosen.client == full[5]
+
+
+@pytest.mark.parametrize("knobs", [EquinoxKnobs(), EquinoxKnobs(alpha=0.9, beta=0.1, gamma=0.0), VTC_LIKE])
+def test_each_admission_takes_the_lowest_hf_of_a_full_scan_as_clients_come_and_go(knobs):
+    """Many clients (several blocks), each admission charged to the counters, clients that leave
+    the queue and come back lifted: every choice is the lowest HF over the backlogged clients,
+    ties to the client seen first, HF computed as Equinox defines it."""
+    import random
+
+    rnd = random.Random(5)
+    p = Equinox(knobs)
+    next_id = 0
+    for _ in range(900):
+        p.on_arrival(req(next_id, f"c{rnd.randrange(700)}", prompt=rnd.randint(1, 300), output=rnd.randint(1, 300)), 0)
+        next_id += 1
+    running = []
+    for step in range(1500):
+        now = 1.0 + step * 0.01
+        a, b = p._scales()
+        coef = (1.0, 0.0) if a == 0 and b == 0 else (a, b)
+        ufc, rfc = p.ufc, p.rfc
+        backlogged = [c for c in ufc if p._queues.get(c)]  # first-seen order
+        hf = {c: coef[0] * ufc[c] + coef[1] * rfc[c] if coef[1] else coef[0] * ufc[c] for c in backlogged}
+        expected = min(backlogged, key=lambda c: hf[c])  # the first seen among equals
+        chosen = p.select(lambda _: True)
+        assert chosen.client == expected
+        p.admit(chosen, now, resumed=False)
+        running.append(chosen)
+        if rnd.random() < 0.3 and running:  # a step of the running batch, and a completion
+            done = running.pop(rnd.randrange(len(running)))
+            done.first_token_s, done.generated = now, done.output_tokens
+            p.on_step(now, 0.02, [(r, 1) for r in running[-32:]] + [(done, 1)])
+            p.on_finish(done, now + 0.05)
+        for _ in range(rnd.choice([0, 1, 1, 2])):  # arrivals, some from clients that left
+            p.on_arrival(req(next_id, f"c{rnd.randrange(800)}", prompt=rnd.randint(1, 300), t=now), now)
+            next_id += 1

@@ -176,6 +176,147 @@ def test_session_batch_single_and_step_paths(run, trained):
     assert session.step_time(512, 8, 9, 0.1) == pytest.approx(float(steps.step_s[1]))
 
 
+def test_a_forest_of_some_targets_predicts_what_the_whole_forest_does(trained):
+    from predictors.forest import Forest
+
+    arrays = predictors.load_bundle(trained.bundle).model_arrays("request", "mope")
+    whole = Forest(arrays)
+    rng = np.random.default_rng(4)
+    X = (rng.random((300, 9)) * [600, 50, 5e4, 64, 1, 400, 30, 12, 6]).astype(np.float32)
+    experts = rng.integers(0, 3, 300)
+    expected = whole.predict(X, experts)
+    for k in range(4):
+        part = Forest(arrays, targets=[k])
+        np.testing.assert_array_equal(part.predict(X, experts)[:, 0], expected[:, k])
+        one_by_one = [part.predict(X[i : i + 1], experts[i : i + 1])[0, 0] for i in range(0, 300, 7)]
+        np.testing.assert_array_equal(one_by_one, expected[::7, k])
+
+
+class CountingForest:
+    """Wraps a session's output-length forest: the rows of each batch it predicts."""
+
+    def __init__(self, forest):
+        self.forest, self.batches = forest, []
+
+    def predict(self, X, experts):
+        self.batches.append(len(X))
+        return self.forest.predict(X, experts)
+
+
+@pytest.mark.parametrize("model", ["mope", "single"])
+def test_lazy_batches_from_arrival_features_equal_one_at_a_time_on_the_same_snapshot(run, trained, model):
+    """Requests arrive (features taken, history included) while others finish; their output lengths
+    are then predicted in one batch, in any order, and equal predict_one's on a session that had
+    seen the same history at each arrival.  Completions after an arrival do not count."""
+    bundle = predictors.load_bundle(trained.bundle)
+    reqs = logged_requests(run)[:150]  # prompt text, engine state at arrival, outcomes
+    done = sorted(reqs, key=lambda r: r.finish_s)
+    lazy, reference, eager = bundle.session(model), bundle.session(model), bundle.session(model)
+    lazy._output_forest = counting = CountingForest(lazy._output_forest)
+    expected, seen = {}, 0
+    for req in reqs:
+        while seen < len(done) and done[seen].finish_s <= req.arrival_s:
+            for session in (lazy, reference, eager):
+                session.observe(done[seen])
+            seen += 1
+        lazy.arrive(req)
+        expected[req.request_id] = reference.predict_one(req).output_tokens
+        eager.arrive(req)
+        assert eager.output_tokens(req) == expected[req.request_id]  # a batch of one
+    assert 0 < seen < len(done)
+    for req in done[seen:]:  # finished after the last arrival: not in anyone's features
+        lazy.observe(req)
+    assert counting.batches == []  # nothing predicted before it is needed
+    order = np.random.default_rng(0).permutation(len(reqs))
+    got = {reqs[i].request_id: lazy.output_tokens(reqs[i]) for i in order}
+    assert got == expected
+    assert counting.batches == [150]  # one batch, for every arrived request
+    assert lazy._arrived_ids == [] and lazy._output == {}  # rows dropped once predicted, predictions once taken
+
+
+def test_features_at_arrival_ignore_the_completions_that_follow(trained):
+    bundle = predictors.load_bundle(trained.bundle)
+    session, fresh = bundle.session(), bundle.session()
+    reqs = [
+        Request(i, "a", 0.0, p, 80, prompt=t) for i, (p, t) in enumerate([(20, "w1 list"), (150, "w2"), (400, "w3")])
+    ]
+    for req in reqs:
+        session.arrive(req)
+    for i in range(5):  # the client's replies turn out long, after the arrivals
+        finished = Request(100 + i, "a", 0.0, 50, 900)
+        finished.generated = 900
+        session.observe(finished)
+    got = [session.output_tokens(req) for req in reqs]
+    assert got == [fresh.predict_one(req).output_tokens for req in reqs]  # as with no history
+    later = [Request(10 + i, "a", 1.0, r.prompt_tokens, 80, prompt=r.prompt) for i, r in enumerate(reqs)]
+    X, _ = session.features(later)
+    assert X[:, 5].tolist() == [900.0] * 3 and X[:, 6].tolist() == [5.0] * 3  # later arrivals see the history
+    for req in later:
+        session.arrive(req)
+    assert [session.output_tokens(req) for req in later] != got  # and it changes what is predicted
+
+
+def test_a_request_that_leaves_unadmitted_is_forgotten(trained):
+    session = predictors.load_bundle(trained.bundle).session()
+    a, b, c = (Request(i, "a", 0.0, 100, 10) for i in range(3))
+    for req in (a, b, c):
+        session.arrive(req)
+    session.forget(a)  # before its batch
+    session.output_tokens(b)
+    assert set(session._output) == {2}
+    session.forget(c)  # after
+    assert session._output == {} and session._arrived_ids == []
+    assert session.output_tokens(a) == session.predict_one(a).output_tokens  # asked anyway: features now
+    from schedulers import Equinox, EquinoxKnobs
+
+    session = predictors.load_bundle(trained.bundle).session()
+    policy = Equinox(EquinoxKnobs(lengths="predictor"), predictor=session)
+    kept, dropped = Request(0, "a", 0.0, 100, 10), Request(1, "b", 0.0, 100, 10)
+    for req in (kept, dropped):
+        policy.on_arrival(req, 0.0)
+    policy.admit(dropped, 0.0, resumed=True)  # the serving bridge drops an aborted waiting request so
+    assert session._arrived_ids == [0]
+    policy.admit(kept, 0.0, resumed=False)
+    policy.requeue(kept)  # preempted, then admitted again: charged once
+    policy.admit(kept, 0.1, resumed=True)
+    assert session._arrived_ids == [] and session._output == {} and kept.predicted_output > 0
+
+
+class AtArrival:
+    """A predictor without the batched path: predict_one at each arrival, the value used at admission."""
+
+    def __init__(self, session):
+        self.session, self.values = session, {}
+
+    def arrive(self, req):
+        self.values[req.request_id] = self.session.predict_one(req).output_tokens
+
+    def output_tokens(self, req):
+        return self.values.pop(req.request_id)
+
+    def observe(self, req):
+        self.session.observe(req)
+
+
+def test_equinox_charges_mope_output_lengths_predicted_in_batches_from_arrival_features(trained):
+    from schedulers import Equinox, EquinoxKnobs
+
+    bundle = predictors.load_bundle(trained.bundle)
+    config, preset = engine_config(PRESET, max_running=16)
+    workload = experts_workload(n=300, rate=80.0, seed=5)  # overloaded: queues build up
+    session = bundle.session()
+    session._output_forest = counting = CountingForest(session._output_forest)
+    knobs = EquinoxKnobs(lengths="predictor")
+    requests, _ = Simulator(config, preset.cost_model, Equinox(knobs, predictor=session)).run(workload)
+    reference, _ = Simulator(config, preset.cost_model, Equinox(knobs, predictor=AtArrival(bundle.session()))).run(
+        workload
+    )
+    assert requests.column("status").to_pylist() == ["finished"] * 300
+    assert requests.equals(reference)  # the same predictions, so the same schedule
+    assert sum(counting.batches) == 300 and len(counting.batches) < 150 and max(counting.batches) > 1
+    assert session._arrived_ids == [] and session._output == {}
+
+
 def test_evaluate_on_another_preset_warns(trained, tmp_path):
     (other,) = replay(experts_workload(n=100, seed=3), ["vtc"], tmp_path / "a10g", preset="vtc-a10g-llama2-7b")
     with pytest.warns(UserWarning, match="a100-llama2-7b.*vtc-a10g-llama2-7b"):

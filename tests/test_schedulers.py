@@ -94,6 +94,65 @@ def test_client_counters_match_a_brute_force_minimum(clients):
     check()
 
 
+def test_an_equal_score_in_an_earlier_block_wins_when_a_later_block_is_opened_first():
+    from schedulers.counters import BLOCK, ClientCounters
+
+    counters = ClientCounters(rows=2)
+    for i in range(BLOCK + 2):
+        counters.add_client(f"c{i}")
+    for i, amounts in ((0, (1.0, 1.0)), (BLOCK, (0.5, 1.5)), (BLOCK + 1, (1.5, 0.5))):
+        counters.backlog(i)
+        counters.add(i, amounts)
+    # block 1's bound (0.5 + 0.5) is the lowest, so it is opened first; block 0's bound equals
+    # the best score found there (2), and its client comes first
+    assert counters.smallest((1.0, 1.0)) == (0, 2.0)
+    assert counters.within((1.0, 1.0), 2.0) == [(0, 2.0), (BLOCK, 2.0), (BLOCK + 1, 2.0)]
+
+
+def test_client_counters_lift_and_block_minima_match_a_brute_force():
+    """Admissions raise or remove a block's smallest counter (its minima are then recomputed when
+    next read); a client that becomes backlogged is lifted, row by row, to the smallest counter of
+    the backlogged clients, or to the last client to leave when none is."""
+    from schedulers.counters import BLOCK, ClientCounters
+
+    rnd = random.Random(3)
+    counters = ClientCounters(rows=2)
+    n = 3 * BLOCK + 40
+    values = [[0.0, 0.0] for _ in range(n)]
+    for i in range(n):
+        counters.add_client(f"c{i}")
+    backlogged: set[int] = set()
+    last = None
+    for step in range(3000):
+        i = rnd.randrange(n)
+        if i in backlogged:  # an admission: charge it, maybe it leaves
+            amounts = (rnd.uniform(0, 50), rnd.choice([0.0, rnd.uniform(0, 2)]))
+            values[i] = [v + a for v, a in zip(values[i], amounts)]
+            counters.add(i, amounts)
+            if rnd.random() < 0.6:
+                backlogged.discard(i)
+                counters.unbacklog(i)
+                last = i
+        else:  # an arrival: lift, then backlog
+            if backlogged:
+                floors = [min(values[j][row] for j in backlogged) for row in (0, 1)]
+            elif last is not None and last != i:
+                floors = list(values[last])
+            else:
+                floors = [-1.0, -1.0]
+            values[i] = [max(v, f) for v, f in zip(values[i], floors)]
+            counters.lift(i, last)
+            backlogged.add(i)
+            counters.backlog(i)
+        if step % 5 == 0:
+            assert counters.values[:, :n].T.tolist() == values
+            for row in (0, 1):
+                for block in range(4):
+                    members = [values[j][row] for j in backlogged if j // BLOCK == block]
+                    assert counters.block_min[row, block] == min(members, default=float("inf"))
+                assert counters.min(row) == min((values[j][row] for j in backlogged), default=float("inf"))
+
+
 def test_fcfs_admits_in_arrival_order_and_requeues_at_the_head():
     p = make_policy("fcfs")
     for i, c in enumerate("abab"):
