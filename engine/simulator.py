@@ -181,6 +181,19 @@ class _Batch:
         self.n = n
 
 
+class _Fits:
+    """The engine's ``fits(req)`` for ``Policy.select``: a waiting request fits exactly when its
+    pending tokens are at most ``max_pending``, which a policy may read to test many at once."""
+
+    __slots__ = ("max_pending",)
+
+    def __init__(self) -> None:
+        self.max_pending: float = INF
+
+    def __call__(self, req: Request) -> bool:
+        return req.pending <= self.max_pending
+
+
 class Simulator:
     """Replays one workload under one policy.  ``run`` returns (requests, steps) tables."""
 
@@ -303,11 +316,20 @@ class Simulator:
             return pending
         return budget if self.config.chunked_prefill else 0
 
+    def _max_pending(self, budget: int, free: int) -> float:
+        """The most pending tokens a request may have to start within ``budget`` tokens (> 0) and
+        ``free`` KV blocks (for its first chunk): it fits exactly when its pending tokens are at
+        most this (inf: any).  With chunked prefill its chunk is min(pending, budget), whose blocks
+        fit when it is at most ``free * block``; without, the whole prompt must fit both."""
+        room = free * self.bs
+        if not self.config.chunked_prefill:
+            return min(budget, room)
+        return INF if budget <= room else room
+
     def _fits(self, pending: int, budget: int, free: int) -> bool:
         """Whether a request with ``pending`` tokens can start within ``budget`` tokens and
         ``free`` KV blocks (its first chunk's blocks)."""
-        n = self._chunk(pending, budget)
-        return n > 0 and _ceil_div(n, self.bs) <= free
+        return budget > 0 and pending <= self._max_pending(budget, free)
 
     def _step(self, now: float) -> float:
         """One engine step from ``now``; returns when it ends."""
@@ -711,11 +733,11 @@ class Simulator:
         tokens: list[int] = []
         complete: list[bool] = []
 
-        def fits(req: Request) -> bool:
-            return self._fits(req.pending, budget, self.free)
-
+        fits = _Fits()
         while batch.n < cfg.max_running and budget > 0:
-            if self._nothing_fits(budget, self.free):  # spare the policy a search that cannot succeed
+            fits.max_pending = limit = self._max_pending(budget, self.free)
+            easiest = self._fewest_pending()
+            if easiest is None or easiest > limit:  # spare the policy a search that cannot succeed
                 break
             req = self.policy.select(fits)
             if req is None:

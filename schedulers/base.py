@@ -7,6 +7,8 @@ order of admission.  The engine calls, in this order within a step:
 * ``on_arrival(req, now)`` when a request arrives; ``False`` rejects it.
 * ``select(fits)`` to ask for the next request to admit; ``fits(req)`` says
   whether the engine has room for it.  Returning None stops filling this step.
+  The simulator's ``fits`` also has ``max_pending``: a request fits exactly when its
+  ``pending`` tokens are at most that, so a policy may test many requests at once.
 * ``admit(req, now, resumed)`` when the engine admits the selected request.
 * ``requeue(req)`` when the engine preempts a running request: it waits again,
   at the head of its client's queue.

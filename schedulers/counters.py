@@ -301,6 +301,26 @@ class ClientCounters:
                 best, best_i = scores.item(j), other * BLOCK + j
         return best_i, best
 
+    def smallest_where(
+        self, coef: tuple[float, ...], upto: float, sizes: np.ndarray, limit: float
+    ) -> tuple[int, float] | None:
+        """The first of ``within(coef, upto)`` whose ``sizes[column]`` is at most ``limit``, or None:
+        the backlogged client with the smallest (score, first seen) among those, in array operations."""
+        if self._stale >= 0:
+            self._clean()
+        blocks = [0] if self._block_min.shape[1] == 1 else np.flatnonzero(self._bounds(coef) <= upto).tolist()
+        best = None
+        for block in blocks:
+            scores = self._scores(block, coef)
+            start = block * BLOCK
+            eligible = (scores <= upto) & (scores < INF) & (sizes[start : start + BLOCK] <= limit)
+            if not eligible.any():
+                continue
+            j = int(np.where(eligible, scores, INF).argmin())
+            if best is None or scores.item(j) < best[1]:  # a later block wins only with a lower score
+                best = (start + j, scores.item(j))
+        return best
+
     def within(self, coef: tuple[float, ...], upto: float) -> list[tuple[int, float]]:
         """Every backlogged client whose score is at most ``upto``, by increasing (score, first seen)."""
         if self._stale >= 0:

@@ -181,6 +181,7 @@ class Equinox(ClientQueues):
         self._next_log = 0.0
         self.trajectory = Trajectory(self._counters.names)
         self._changed = np.zeros(0, dtype=bool)  # clients whose counters moved since the last sample
+        self._head_pending = np.zeros(0, dtype=np.int64)  # per client column: its head's pending tokens
         # Per-step charging and a budget that moves between steps need every step reported.
         self.exact_under_fast_forward = knobs.beta == 0 and not knobs.adaptive_budget
 
@@ -241,9 +242,19 @@ class Equinox(ClientQueues):
         i = self._counters.add_client(client)
         if i == len(self._changed):
             self._changed = np.concatenate((self._changed, np.zeros(max(i, 64), dtype=bool)))
+        columns = self._counters.values.shape[1]
+        if len(self._head_pending) < columns:
+            grown = np.zeros(columns, dtype=np.int64)
+            grown[: len(self._head_pending)] = self._head_pending
+            self._head_pending = grown
 
     def _new_head(self, req: Request, now: float) -> None:
         self._head_since.setdefault(req.request_id, now)
+        self._head_pending[self._counters.index[req.client]] = req.pending
+
+    def requeue(self, req: Request) -> None:
+        super().requeue(req)
+        self._head_pending[self._counters.index[req.client]] = req.pending
 
     def on_arrival(self, req: Request, now: float) -> bool:
         """ClientQueues.on_arrival with _backlog inlined (this runs once per request), after the
@@ -261,6 +272,7 @@ class Equinox(ClientQueues):
             counters = self._counters
             i = counters.index[client]
             self._head_since[req.request_id] = req.arrival_s
+            self._head_pending[i] = req.pending
             last = self._last_left
             counters.lift(i, None if last is None else counters.index[last])
             counters.backlog(i)
@@ -299,6 +311,10 @@ class Equinox(ClientQueues):
         if not self.knobs.delta:
             return None
         upto = float("inf") if zero else floor + self.knobs.delta
+        limit = getattr(fits, "max_pending", None)
+        if limit is not None:  # the first that fits, in array operations (``first`` does not)
+            found = counters.smallest_where(coef, upto, self._head_pending, limit)
+            return None if found is None else self._queues[names[found[0]]][0]
         for i, _ in self._counters.within(coef, upto):
             req = self._queues[names[i]][0]
             if i != first and fits(req):

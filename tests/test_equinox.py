@@ -69,11 +69,17 @@ def test_skipping_admits_a_fitting_request_only_within_the_slack():
             p.set_counters(client, ufc, 0.0)
         return p
 
-    fits = lambda r: r.prompt_tokens < 100  # noqa: E731
-    assert policy(0).select(fits) is None  # VTC's rule: stop at the first that does not fit
-    assert policy(0.1).select(fits).client == "b"  # b is within 0.073 of the minimum
-    assert policy(0.05).select(fits) is None  # b is not; c never is
-    assert policy(1.0).select(fits).client == "b"  # the lowest HF that fits goes first
+    class Threshold:  # the simulator's fits: one threshold on pending tokens, read in one go
+        max_pending = 99
+
+        def __call__(self, r):
+            return r.pending <= self.max_pending
+
+    for fits in (lambda r: r.prompt_tokens < 100, Threshold()):
+        assert policy(0).select(fits) is None  # VTC's rule: stop at the first that does not fit
+        assert policy(0.1).select(fits).client == "b"  # b is within 0.073 of the minimum
+        assert policy(0.05).select(fits) is None  # b is not; c never is
+        assert policy(1.0).select(fits).client == "b"  # the lowest HF that fits goes first
 
 
 def test_adaptive_budget_grows_under_the_slo_and_shrinks_over_it():

@@ -33,6 +33,7 @@ def test_client_counters_match_a_brute_force_minimum(clients):
     counters = ClientCounters(rows=2)
     values: list[list[float]] = []  # the brute force: client -> [row0, row1]
     backlogged: set[int] = set()
+    sizes: list[int] = []  # per client, a size for smallest_where
 
     def check():
         assert len(counters) == len(backlogged)
@@ -44,6 +45,12 @@ def test_client_counters_match_a_brute_force_minimum(clients):
             if ranked:
                 upto = score[ranked[min(5, len(ranked) - 1)]]
                 assert counters.within(coef, upto) == [(i, score[i]) for i in ranked if score[i] <= upto]
+            sizes_array = np.array(sizes + [0] * (counters.values.shape[1] - len(sizes)))
+            for bound in (upto if ranked else 1.0, float("inf")):
+                for limit in (3, 10, float("inf")):
+                    fitting = [(i, score[i]) for i in ranked if score[i] <= bound and sizes[i] <= limit]
+                    expected = fitting[0] if fitting else None
+                    assert counters.smallest_where(coef, bound, sizes_array, limit) == expected
         for row in (0, 1):
             assert counters.min(row) == min((values[i][row] for i in backlogged), default=float("inf"))
             assert counters.totals[row] == pytest.approx(sum(values[i][row] for i in backlogged), abs=1e-6)
@@ -52,6 +59,7 @@ def test_client_counters_match_a_brute_force_minimum(clients):
         op = rnd.random()
         if not values or (op < 0.2 and len(values) < clients):
             values.append([0.0, 0.0])
+            sizes.append(rnd.randrange(12))
             counters.add_client(f"c{len(values) - 1}")
             continue
         i = rnd.randrange(len(values))
