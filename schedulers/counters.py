@@ -178,16 +178,14 @@ class ClientCounters:
             self.totals[row] += float(amounts[mine].sum())
             self._refresh(np.unique(columns[mine] // BLOCK), row)
 
-    def add_per_request(self, row: int, clients: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+    def add_per_request(self, row: int, clients: np.ndarray, amounts: np.ndarray) -> None:
         """Add each ``amounts[j]`` to counter ``row`` of client ``clients[j]`` (a client may repeat:
-        its amounts are summed in order first); returns the clients charged."""
+        its amounts are summed in order first)."""
         if len(self.names) <= DENSE_CLIENTS:  # sum per client over every client
-            per_client = np.bincount(clients, weights=amounts, minlength=len(self.names))
-            self.add_dense(row, per_client)
-            return np.flatnonzero(per_client)
+            self.add_dense(row, np.bincount(clients, weights=amounts, minlength=len(self.names)))
+            return
         unique, inverse = np.unique(clients, return_inverse=True)  # over the clients charged only
         self.add_many(row, unique, np.bincount(inverse, weights=amounts))
-        return unique
 
     def add_dense(self, row: int, amounts: np.ndarray) -> None:
         """Add ``amounts[j]`` to counter ``row`` of client ``j``, for the first ``len(amounts)``

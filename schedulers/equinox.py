@@ -370,12 +370,17 @@ class Equinox(ClientQueues):
 
     def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
         """Charge UFC for output tokens beyond the predicted length, as they come."""
+        if not len(slots):
+            return
         c = self._charges
-        beyond = (slots >= 0) & (generated > c.out_hat[slots])
-        if not beyond.any():
+        out_hat = c.out_hat[slots]
+        beyond = generated > out_hat
+        if slots.min() < 0:  # requests without a slot are not charged
+            beyond &= slots >= 0
+        if not beyond.any() or not self.service.w_q:  # (w_q = 0: nothing to charge)
             return
         slots, generated = slots[beyond], generated[beyond]
-        extra = generated - np.maximum(generated - k, c.out_hat[slots])
+        extra = generated - np.maximum(generated - k, out_hat[beyond])
         amount = self.service.w_q * extra * c.discount[slots] / c.weight[slots]
         c.ufc[slots] += amount
         self._charge_clients(c.client[slots], amount, UFC)
@@ -392,14 +397,16 @@ class Equinox(ClientQueues):
         if total:
             c = self._charges
             share = duration_s / total
-            mine = slots >= 0
-            slots, tokens = slots[mine], tokens[mine]
+            if slots.min() < 0:  # requests without a slot are not charged
+                mine = slots >= 0
+                slots, tokens = slots[mine], tokens[mine]
             actual = c.rfc_actual[slots] + share * tokens / c.weight[slots]
             c.rfc_actual[slots] = actual
-            beyond = actual > c.rfc[slots]
+            charged = c.rfc[slots]
+            beyond = actual > charged
             if beyond.any():
                 slots, actual = slots[beyond], actual[beyond]
-                amount = actual - c.rfc[slots]
+                amount = actual - charged[beyond]
                 c.rfc[slots] = actual
                 self._charge_clients(c.client[slots], amount, RFC)
         self._measure(duration_s, total)
@@ -407,8 +414,9 @@ class Equinox(ClientQueues):
             self._log(now)
 
     def _charge_clients(self, clients, amounts, row: int) -> None:
-        """Add per-request ``amounts`` to counter ``row`` (UFC or RFC) of their ``clients``."""
-        self._changed[self._counters.add_per_request(row, clients, amounts)] = True
+        """Add per-request ``amounts`` (> 0) to counter ``row`` (UFC or RFC) of their ``clients``."""
+        self._counters.add_per_request(row, clients, amounts)
+        self._changed[clients] = True
 
     def _measure(self, duration_s: float, tokens: int) -> None:
         if not tokens:
