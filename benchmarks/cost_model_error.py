@@ -31,12 +31,14 @@ sys.path.insert(0, str(REPO))
 from engine.cost_model import RooflineCostModel, prefill_attn_pairs, roofline  # noqa: E402
 from engine.presets import CALIBRATION, HARDWARE, MODELS, PRESETS, ROOFLINE_P, TENSOR_PARALLEL, roofline_model  # noqa: E402
 
+# fmt: off
 LINEAR_OPS = ["input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
               "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add"]
 PROFILE_FILES = {("a100", "llama2-7b"): "a100_Llama-2-7b-hf_mlp.csv",
                  ("a100", "llama2-70b"): "a100_Llama-2-70b-hf_mlp.csv",
                  ("h100", "llama2-7b"): "h100_Llama-2-7b-hf_mlp.csv",
                  ("h100", "llama2-70b"): "h100_Llama-2-70b-hf_mlp.csv"}
+# fmt: on
 ATTENTION_FILE = "a100_Llama-2-70b-hf_attention.csv"  # TP 2, one layer, one GPU
 ATTENTION_TP = 2
 # No H100 attention profile: assume 1.5x the A100's attention FLOP/s (FlashAttention-2 paper,
@@ -47,6 +49,7 @@ H100_ATTENTION_SPEEDUP = 1.5
 # one A10G, S-LoRA, 10,000-token pool.  {input_len: {output_len: (batch size, prefill seconds
 # per request, decode seconds per request)}}: a batch of bs identical requests is prefilled in
 # one step, then decoded for output_len steps; times are the batch's totals divided by bs.
+# fmt: off
 VTC_A10G_PROFILE = {
     8: {1: (1111, 0.0019213044675591828, 0.0002468091533808532),
         64: (138, 0.0021417901135873103, 0.030275464057922363),
@@ -72,6 +75,7 @@ VTC_A10G_PROFILE = {
           196: (14, 0.11074525969369071, 0.5448835747582572),
           256: (13, 0.10909274908212516, 0.7603553992051345)},
 }
+# fmt: on
 
 GRID = np.round(np.arange(0.20, 1.0001, 0.0025), 4)  # efficiencies tried by the fits
 GEMM_OPS = ["attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj"]
@@ -86,8 +90,9 @@ def summary(pred, meas) -> tuple[float, float, int]:
     return float(np.median(e)), float(np.quantile(e, 0.9)), len(e)
 
 
-def nonneg_offsets(base: np.ndarray, meas: np.ndarray, cols: list[np.ndarray],
-                   weights: np.ndarray | None = None) -> np.ndarray:
+def nonneg_offsets(
+    base: np.ndarray, meas: np.ndarray, cols: list[np.ndarray], weights: np.ndarray | None = None
+) -> np.ndarray:
     """Offsets x >= 0 minimising sum(w * ((base + cols @ x - meas) / meas)^2) (tiny active-set NNLS)."""
     sw = np.ones_like(meas) if weights is None else np.sqrt(weights)
     A = np.stack(cols, axis=1) * (sw / meas)[:, None]
@@ -189,8 +194,9 @@ def load_attention(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def attention_layer_model(memory_eff: float) -> RooflineCostModel:
     """One layer of Llama-2-70B on 2 A100s (the profile's setting), efficiencies 1 / fitted."""
     cm = roofline_model("a100", "llama2-70b")
-    return replace(cm, tp=ATTENTION_TP, model=replace(cm.model, n_layers=1),
-                   attention_efficiency=1.0, memory_efficiency=memory_eff)
+    return replace(
+        cm, tp=ATTENTION_TP, model=replace(cm.model, n_layers=1), attention_efficiency=1.0, memory_efficiency=memory_eff
+    )
 
 
 def fit_attention(data: Path, a100_memory_eff: float):
@@ -205,8 +211,12 @@ def fit_attention(data: Path, a100_memory_eff: float):
     base = np.asarray(cmd.attention_time(0.0, dec.kv_tokens.to_numpy()))
     dmeas = dec.measured_s.to_numpy()
     step, req = nonneg_offsets(base, dmeas, [np.ones_like(dmeas), dec.batch_size.to_numpy(float)])
-    return {"attention_eff": attn_eff, "prefill_overhead_layer_s": prefill_overhead,
-            "decode_overhead_layer_s": step, "request_overhead_layer_s": req}
+    return {
+        "attention_eff": attn_eff,
+        "prefill_overhead_layer_s": prefill_overhead,
+        "decode_overhead_layer_s": step,
+        "request_overhead_layer_s": req,
+    }
 
 
 # --- VTC's A10G profile ----------------------------------------------------------------------
@@ -221,10 +231,17 @@ def a10g_phase_inputs():
     rows = []
     for x, y, bs, prefill_total, decode_total in vtc_profile_rows():
         i = np.arange(1, y + 1)
-        rows.append(dict(x=x, y=y, bs=bs, prefill_total=prefill_total, decode_total=decode_total,
-                         prefill=(bs * x, bs * prefill_attn_pairs(x, 0), 0, 0, bs),
-                         decode=(np.zeros(y), np.zeros(y), np.full(y, bs), bs * (x + i - 1.0),
-                                 np.full(y, bs))))
+        rows.append(
+            dict(
+                x=x,
+                y=y,
+                bs=bs,
+                prefill_total=prefill_total,
+                decode_total=decode_total,
+                prefill=(bs * x, bs * prefill_attn_pairs(x, 0), 0, 0, bs),
+                decode=(np.zeros(y), np.zeros(y), np.full(y, bs), bs * (x + i - 1.0), np.full(y, bs)),
+            )
+        )
     return rows
 
 
@@ -233,8 +250,13 @@ def fit_a10g(attention_eff: float, memory_eff: float):
     compute_eff on GRID, step and per-request overheads >= 0.  The profile cannot tell the
     weight-read bandwidth from the fixed per-step overhead (every step has both), so
     ``memory_eff`` is given: the A100's measured weight-read efficiency."""
-    cm = replace(roofline_model("a10g", "llama2-7b"), memory_efficiency=1.0,
-                 attention_efficiency=attention_eff, step_overhead_s=0.0, request_overhead_s=0.0)
+    cm = replace(
+        roofline_model("a10g", "llama2-7b"),
+        memory_efficiency=1.0,
+        attention_efficiency=attention_eff,
+        step_overhead_s=0.0,
+        request_overhead_s=0.0,
+    )
     comp, mem, fixed, meas, steps, reqs = [], [], [], [], [], []
     for r in a10g_phase_inputs():
         p_tok, p_pairs, _, _, bs = r["prefill"]
@@ -259,8 +281,12 @@ def fit_a10g(attention_eff: float, memory_eff: float):
         if best is None or loss < best[0]:
             best = (loss, float(e_c), x)
     _, e_c, (step, req) = best
-    return {"compute_eff": e_c, "memory_eff": memory_eff, "step_overhead_s": float(step),
-            "request_overhead_s": float(req)}
+    return {
+        "compute_eff": e_c,
+        "memory_eff": memory_eff,
+        "step_overhead_s": float(step),
+        "request_overhead_s": float(req),
+    }
 
 
 def a10g_errors(cm) -> dict[str, tuple[float, float, int]]:
@@ -293,18 +319,25 @@ def fit_all(data: Path) -> dict:
         n_layers = MODELS[model].n_layers
         layer_overhead = (attn["prefill_overhead_layer_s"] + attn["decode_overhead_layer_s"]) / 2
         ae = attn["attention_eff"] * attention_ratio(gpu)
-        out[(gpu, model)] = (f["compute_eff"], round(ae, 4), f["memory_eff"],
-                             round(f["linear_overhead_s"] + n_layers * layer_overhead, 6),
-                             round(n_layers * attn["request_overhead_layer_s"], 7))
-    out[("a10g", "llama2-7b")] = (a10g["compute_eff"], round(attn["attention_eff"], 4),
-                                  a10g["memory_eff"], round(a10g["step_overhead_s"], 6),
-                                  round(a10g["request_overhead_s"], 7))
+        out[(gpu, model)] = (
+            f["compute_eff"],
+            round(ae, 4),
+            f["memory_eff"],
+            round(f["linear_overhead_s"] + n_layers * layer_overhead, 6),
+            round(n_layers * attn["request_overhead_layer_s"], 7),
+        )
+    out[("a10g", "llama2-7b")] = (
+        a10g["compute_eff"],
+        round(attn["attention_eff"], 4),
+        a10g["memory_eff"],
+        round(a10g["step_overhead_s"], 6),
+        round(a10g["request_overhead_s"], 7),
+    )
     # the same linear fits with the textbook max() roofline, for comparison
     knee = {}
     for key, f in fits.items():
         f_max = fit_linear(data, *key, p=np.inf)
-        knee[key] = (f_max, linear_errors(data, *key, f_max, np.inf),
-                     linear_errors(data, *key, f, ROOFLINE_P))
+        knee[key] = (f_max, linear_errors(data, *key, f_max, np.inf), linear_errors(data, *key, f, ROOFLINE_P))
     return {"constants": out, "linear": fits, "attention": attn, "a10g": a10g, "knee": knee}
 
 
@@ -328,18 +361,20 @@ def error_table(data: Path, fit: dict) -> list[dict]:
         if key is not None:
             lin = load_linear(data, *key)
             # linear part: the linear fit's own overhead (step_overhead_s minus the attention part)
-            attn_part = MODELS[key[1]].n_layers * (attn["prefill_overhead_layer_s"]
-                                                   + attn["decode_overhead_layer_s"]) / 2
-            pred = np.asarray(layers_only(cm).linear_time(lin.num_tokens.to_numpy())) \
-                + cm.step_overhead_s - attn_part
+            attn_part = (
+                MODELS[key[1]].n_layers * (attn["prefill_overhead_layer_s"] + attn["decode_overhead_layer_s"]) / 2
+            )
+            pred = np.asarray(layers_only(cm).linear_time(lin.num_tokens.to_numpy())) + cm.step_overhead_s - attn_part
             row["linear"] = summary(pred, lin.measured_s)
         if name == "a100-llama2-70b":
             layer = replace(cm, tp=ATTENTION_TP, model=replace(cm.model, n_layers=1))
-            p = (np.asarray(layer.attention_time(pre.pairs.to_numpy(), 0.0))
-                 + attn["prefill_overhead_layer_s"])
+            p = np.asarray(layer.attention_time(pre.pairs.to_numpy(), 0.0)) + attn["prefill_overhead_layer_s"]
             row["prefill attention"] = summary(p, pre.measured_s)
-            d = (np.asarray(layer.attention_time(0.0, dec.kv_tokens.to_numpy()))
-                 + attn["decode_overhead_layer_s"] + attn["request_overhead_layer_s"] * dec.batch_size)
+            d = (
+                np.asarray(layer.attention_time(0.0, dec.kv_tokens.to_numpy()))
+                + attn["decode_overhead_layer_s"]
+                + attn["request_overhead_layer_s"] * dec.batch_size
+            )
             row["decode attention"] = summary(d, dec.measured_s)
         if name in ("a10g-llama2-7b", "vtc-a10g-llama2-7b"):
             row.update({f"VTC A10G {k}": v for k, v in a10g_errors(cm).items()})
@@ -353,8 +388,14 @@ def fmt(v) -> str:
     return "-" if v is None else f"{100 * v[0]:.1f}% / {100 * v[1]:.1f}% (n={v[2]})"
 
 
-COLUMNS = ["linear", "prefill attention", "decode attention", "VTC A10G prefill step",
-           "VTC A10G decode phase", "VTC h(x,y) per request"]
+COLUMNS = [
+    "linear",
+    "prefill attention",
+    "decode attention",
+    "VTC A10G prefill step",
+    "VTC A10G decode phase",
+    "VTC h(x,y) per request",
+]
 
 
 def render_table(rows: list[dict]) -> str:
@@ -365,8 +406,10 @@ def render_table(rows: list[dict]) -> str:
 
 
 def render_constants(consts: dict) -> str:
-    lines = ["CALIBRATION = {",
-             "    # (gpu, model): (compute_eff, attention_eff, memory_eff, step_overhead_s, request_overhead_s)"]
+    lines = [
+        "CALIBRATION = {",
+        "    # (gpu, model): (compute_eff, attention_eff, memory_eff, step_overhead_s, request_overhead_s)",
+    ]
     for key, v in consts.items():
         lines.append(f"    {key!r}: ({v[0]}, {v[1]}, {v[2]}, {v[3]}, {v[4]}),")
     lines.append("}")
@@ -375,10 +418,15 @@ def render_constants(consts: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
-                    help="folder holding gpu-profiles/ (default: ../shared/data from the repo root)")
-    ap.add_argument("--docs", type=Path, default=REPO / "docs" / "COST_MODEL.md",
-                    help="where to write the report ('-' to skip)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data",
+        help="folder holding gpu-profiles/ (default: ../shared/data from the repo root)",
+    )
+    ap.add_argument(
+        "--docs", type=Path, default=REPO / "docs" / "COST_MODEL.md", help="where to write the report ('-' to skip)"
+    )
     args = ap.parse_args(argv)
     if not (args.data / "gpu-profiles").is_dir():
         print(f"error: {args.data / 'gpu-profiles'} not found (use --data)", file=sys.stderr)
@@ -391,8 +439,10 @@ def main(argv=None) -> int:
     stale = [k for k, v in consts.items() if not np.allclose(v, CALIBRATION[k], rtol=1e-3, atol=1e-9)]
     print("presets.py is", f"STALE for {stale}: paste the dict above" if stale else "up to date")
     print()
-    print("Attention fit (Llama-2-70B, A100, TP 2, per layer):",
-          {k: round(float(v), 7) for k, v in fit["attention"].items()})
+    print(
+        "Attention fit (Llama-2-70B, A100, TP 2, per layer):",
+        {k: round(float(v), 7) for k, v in fit["attention"].items()},
+    )
     for (g, m), f in fit["linear"].items():
         print(f"Linear fit {g}-{m}:", {k: round(float(v), 6) for k, v in f.items()})
     print("A10G fit (VTC profile):", {k: round(float(v), 7) for k, v in fit["a10g"].items()})
@@ -411,21 +461,28 @@ def main(argv=None) -> int:
 def render_doc(fit: dict, table: str) -> str:
     attn = fit["attention"]
     vtc = PRESETS["vtc-a10g-llama2-7b"].cost_model
-    hw_rows = "\n".join(f"| {k} | {h.name} | {h.peak_flops / 1e12:g} | {h.mem_bandwidth / 1e9:g} | "
-                        f"{h.memory_bytes / 2**30:g} |" for k, h in HARDWARE.items())
+    hw_rows = "\n".join(
+        f"| {k} | {h.name} | {h.peak_flops / 1e12:g} | {h.mem_bandwidth / 1e9:g} | {h.memory_bytes / 2**30:g} |"
+        for k, h in HARDWARE.items()
+    )
     const_rows = "\n".join(
         f"| {g}-{m} | {TENSOR_PARALLEL[m]} | {v[0]} | {v[1]} | {v[2]} | {1000 * v[3]:.3f} | {1e6 * v[4]:.1f} |"
-        for (g, m), v in CALIBRATION.items())
+        for (g, m), v in CALIBRATION.items()
+    )
     preset_rows = "\n".join(
         f"| {p.name} | {p.hardware.name} x{p.tensor_parallel} | {p.model.name} | {type(p.cost_model).__name__} | "
         f"{p.kv_capacity_tokens:,} | {p.max_running} | {p.max_batch_tokens} | {p.merge_interval_steps} |"
-        for p in PRESETS.values())
-    lin = "\n".join(f"| {g}-{m} | {f['compute_eff']} | {f['memory_eff']} | {1000 * f['linear_overhead_s']:.3f} |"
-                     for (g, m), f in fit["linear"].items())
+        for p in PRESETS.values()
+    )
+    lin = "\n".join(
+        f"| {g}-{m} | {f['compute_eff']} | {f['memory_eff']} | {1000 * f['linear_overhead_s']:.3f} |"
+        for (g, m), f in fit["linear"].items()
+    )
     a = fit["a10g"]
     knee = "\n".join(
         f"| {g}-{m} | {fm['compute_eff']} / {1000 * fm['linear_overhead_s']:.2f} ms | {fmt(e_max)} | {fmt(e_p)} |"
-        for (g, m), (fm, e_max, e_p) in fit["knee"].items())
+        for (g, m), (fm, e_max, e_p) in fit["knee"].items()
+    )
     return f"""# Step-time model (cost model)
 
 *Generated by `python benchmarks/cost_model_error.py`; edit the script, not this file.*
@@ -524,22 +581,22 @@ How they were fitted (least squares on relative error, offsets constrained >= 0)
 
 * **Attention** (`a100_Llama-2-70b-hf_attention.csv`, one layer, TP 2, FlashAttention): prefill rows
   (`batch_size` 1, `prefill_chunk_size`, `kv_cache_size` = context before the chunk) give
-  `attention_eff` = {attn['attention_eff']} and a per-layer overhead of
-  {1e6 * attn['prefill_overhead_layer_s']:.1f} us; decode rows (`batch_size` requests of `kv_cache_size` KV
+  `attention_eff` = {attn["attention_eff"]} and a per-layer overhead of
+  {1e6 * attn["prefill_overhead_layer_s"]:.1f} us; decode rows (`batch_size` requests of `kv_cache_size` KV
   tokens each), with the a100-llama2-70b linear fit's `memory_eff`, give a per-layer overhead of
-  {1e6 * attn['decode_overhead_layer_s']:.1f} us and a per-request overhead of
-  {1e6 * attn['request_overhead_layer_s']:.2f} us per layer. `step_overhead_s` = linear overhead +
+  {1e6 * attn["decode_overhead_layer_s"]:.1f} us and a per-request overhead of
+  {1e6 * attn["request_overhead_layer_s"]:.2f} us per layer. `step_overhead_s` = linear overhead +
   `n_layers` x the mean of the two per-layer attention overheads; `request_overhead_s` =
   `n_layers` x the per-request one (0: the kernels show no per-request cost). The A100 numbers
   serve every A100 preset; **no H100 attention profile exists**: H100 `attention_eff` assumes
   1.5x the A100's attention FLOP/s (FlashAttention-2's H100 vs A100 forward speedup),
-  i.e. `{attn['attention_eff']} * 1.5 * 312 / 989`.
+  i.e. `{attn["attention_eff"]} * 1.5 * 312 / 989`.
 * **A10G** (`a10g-llama2-7b`): fitted on the VTC artifact's A10G profile
   (`fair_bench/cost_profile.json`, Apache-2.0, embedded in the script): per (input x, output y),
   a batch of `bs = 10000 // (x + y)` requests prefilled in one step, then decoded y steps.
-  `compute_eff` = {a['compute_eff']}, step overhead {1000 * a['step_overhead_s']:.3f} ms, per-request overhead
-  {1e6 * a['request_overhead_s']:.1f} us (S-LoRA's per-request work); `memory_eff` is the A100's measured
-  {a['memory_eff']} because every profiled step reads the weights once, so bandwidth and a fixed
+  `compute_eff` = {a["compute_eff"]}, step overhead {1000 * a["step_overhead_s"]:.3f} ms, per-request overhead
+  {1e6 * a["request_overhead_s"]:.1f} us (S-LoRA's per-request work); `memory_eff` is the A100's measured
+  {a["memory_eff"]} because every profiled step reads the weights once, so bandwidth and a fixed
   overhead cannot be told apart; `attention_eff` is the A100's (no A10G attention data).
 * **13B** has no profile: its presets use the 7B constants of the same GPU.
 

@@ -204,7 +204,7 @@ def main() -> None:
     doc += [f"| {w} | {s} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} |" for w, s, a, b, c, d in ratios]
     doc += ["", "## Tables", ""] + lines + ["## Figures", ""] + [f"![{p}]({p})" for p in images]
     (args.out / "README.md").write_text("\n".join(doc) + "\n")
-    print("\n".join(doc[:len(ratios) + 12]))
+    print("\n".join(doc[: len(ratios) + 12]))
 
 
 if __name__ == "__main__":

@@ -50,8 +50,10 @@ def compare(label: str, workload, preset: str, scheduler: str) -> None:
     slow = measure(workload, preset, scheduler, fast_forward=False)
     same = fast["requests"].equals(slow["requests"]) and fast["steps_table"].equals(slow["steps_table"])
     for name, r in (("fast-forward", fast), ("step-by-step", slow)):
-        print(f"  {name:>13}: {r['wall_s']:6.2f} s wall, {r['requests_per_s']:8,.0f} simulated req/s, "
-              f"{r['steps']:,} steps, process peak RSS so far {r['peak_rss_mb']:.0f} MB")
+        print(
+            f"  {name:>13}: {r['wall_s']:6.2f} s wall, {r['requests_per_s']:8,.0f} simulated req/s, "
+            f"{r['steps']:,} steps, process peak RSS so far {r['peak_rss_mb']:.0f} MB"
+        )
     print(f"  fast path / step-by-step speed: {slow['wall_s'] / fast['wall_s']:.2f}x; identical results: {same}")
 
 

@@ -56,9 +56,7 @@ def _frame(values: np.ndarray, index, clients: pd.Index) -> pd.DataFrame:
 def request_service(requests: pd.DataFrame, w_p: float = 1.0, w_q: float = 2.0) -> np.ndarray:
     """Normalised service of each request: ``(w_p * prompt + w_q * generated) / weight``; 0 unless finished."""
     done = (requests["status"] == "finished").to_numpy()
-    raw = w_p * requests["prompt_tokens"].to_numpy(np.float64) + w_q * requests["generated_tokens"].to_numpy(
-        np.float64
-    )
+    raw = w_p * requests["prompt_tokens"].to_numpy(np.float64) + w_q * requests["generated_tokens"].to_numpy(np.float64)
     return np.where(done, raw / requests["weight"].to_numpy(np.float64), 0.0)
 
 

@@ -112,8 +112,7 @@ def test_decode_at_batch_1_is_a_weight_read():
     # the calibrated preset adds its fixed overheads to the same weight read (its rounded roofline
     # knee, sqrt(compute^2 + memory^2), adds nothing visible: compute is 1/300 of memory here)
     preset = get_preset("a100-llama2-7b").cost_model
-    hand_preset = (weights / (2.039e12 * preset.memory_efficiency)
-                   + preset.step_overhead_s + preset.request_overhead_s)
+    hand_preset = weights / (2.039e12 * preset.memory_efficiency) + preset.step_overhead_s + preset.request_overhead_s
     assert preset.step_time(0, 0, 1, 0, 1) == pytest.approx(hand_preset, rel=1e-4)
 
 
@@ -180,8 +179,16 @@ def test_kv_capacity_hand_computation():
 
 
 def test_presets_cover_the_required_names():
-    required = {"a10g-llama2-7b", "a100-llama2-7b", "a100-llama2-13b", "a100-llama2-70b",
-                "h100-llama2-7b", "h100-llama2-13b", "h100-llama2-70b", "vtc-a10g-llama2-7b"}
+    required = {
+        "a10g-llama2-7b",
+        "a100-llama2-7b",
+        "a100-llama2-13b",
+        "a100-llama2-70b",
+        "h100-llama2-7b",
+        "h100-llama2-13b",
+        "h100-llama2-70b",
+        "vtc-a10g-llama2-7b",
+    }
     assert required <= set(PRESETS)
     assert DEFAULT_PRESET == "vtc-a10g-llama2-7b"
     assert get_preset() is PRESETS["vtc-a10g-llama2-7b"]

@@ -139,8 +139,16 @@ def test_duration_scale_shortens_the_workload():
 
 def test_suite_names_match_the_spec():
     assert set(SYNTHETIC_WORKLOADS) == {
-        "overload", "overload-multi", "overload-weighted", "proportional", "on-off-less",
-        "on-off-overload", "poisson-short-long", "poisson-short-long-2", "increase", "dist-shift",
+        "overload",
+        "overload-multi",
+        "overload-weighted",
+        "proportional",
+        "on-off-less",
+        "on-off-overload",
+        "poisson-short-long",
+        "poisson-short-long-2",
+        "increase",
+        "dist-shift",
     }
 
 

@@ -43,9 +43,7 @@ def test_matches_tiktoken_on_real_text():
     data = Path(bpe_openai.__file__).parent / "data" / "cl100k_base.tiktoken.gz"
     with gzip.open(data, "rt") as handle:
         ranks = {base64.b64decode(t): int(r) for t, r in (line.split() for line in handle if line.strip())}
-    reference = tiktoken.Encoding(
-        "cl100k_ref", pat_str=spec["pat_str"], mergeable_ranks=ranks, special_tokens={}
-    )
+    reference = tiktoken.Encoding("cl100k_ref", pat_str=spec["pat_str"], mergeable_ranks=ranks, special_tokens={})
     texts = [m["value"] for c in json.loads(SHAREGPT.read_text()) for m in c["conversations"]][:40]
     assert get_tokenizer().count_many(texts).tolist() == [len(reference.encode_ordinary(t)) for t in texts]
 

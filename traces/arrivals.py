@@ -71,16 +71,12 @@ def draw_clients(n: int, probs: np.ndarray, seed: int = 42) -> np.ndarray:
     return client_names(len(probs))[rng.choice(len(probs), size=n, p=probs)]
 
 
-def assign_clients(
-    n: int, num_clients: int, dist: str = "uniform", seed: int = 42, zipf_s: float = 1.0
-) -> np.ndarray:
+def assign_clients(n: int, num_clients: int, dist: str = "uniform", seed: int = 42, zipf_s: float = 1.0) -> np.ndarray:
     """Draw a client for each of ``n`` requests, i.i.d.: uniform, or zipf with P(k) ∝ 1/(k+1)^s."""
     return draw_clients(n, client_probs(num_clients, dist, zipf_s), seed)
 
 
-def assign_arrivals(
-    n: int, rate: float, process: str = "poisson", seed: int = 42, cv: float = 1.0
-) -> np.ndarray:
+def assign_arrivals(n: int, rate: float, process: str = "poisson", seed: int = 42, cv: float = 1.0) -> np.ndarray:
     """Arrival times (s) of ``n`` requests at ``rate`` req/s, the first at 0.
 
     ``poisson`` draws exponential gaps; ``gamma`` draws gamma gaps with shape 1/cv^2 (mean

@@ -64,9 +64,7 @@ def make_table(
         "arrival_s": pa.array(arrival[order]),
         "prompt_tokens": pa.array(np.asarray(prompt_tokens, dtype=np.int64)[order]),
         "output_tokens": pa.array(np.asarray(output_tokens, dtype=np.int64)[order]),
-        "weight": pa.array(
-            np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)[order]
-        ),
+        "weight": pa.array(np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)[order]),
     }
     for name, values in (("prompt", prompt), ("conversation_id", conversation_id), ("prefix_hashes", prefix_hashes)):
         cols[name] = _optional_column(values, WORKLOAD_SCHEMA.field(name).type, n, order)
@@ -151,9 +149,7 @@ def validate(table: pa.Table, source: str = "workload") -> None:
     bad = ~np.isfinite(arrival) | (arrival < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"arrival_s must be a finite number >= 0, got {arrival[row]}", source=source, row=row + 1
-        )
+        raise InputError(f"arrival_s must be a finite number >= 0, got {arrival[row]}", source=source, row=row + 1)
     if np.any(np.diff(arrival) < 0):
         row = int(np.flatnonzero(np.diff(arrival) < 0)[0]) + 1
         raise InputError("rows must be sorted by arrival_s", source=source, row=row + 1)
@@ -162,9 +158,7 @@ def validate(table: pa.Table, source: str = "workload") -> None:
         bad = values < low
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"{name} must be an integer >= {low}, got {values[row]}", source=source, row=row + 1
-            )
+            raise InputError(f"{name} must be an integer >= {low}, got {values[row]}", source=source, row=row + 1)
     weight = table.column("weight").to_numpy()
     bad = ~np.isfinite(weight) | (weight <= 0)
     if bad.any():
