@@ -209,6 +209,18 @@ def run_sweep(
     return list(results.values())
 
 
+def foreign_runs(out_dir: Path, cells: list[Cell]) -> list[Path]:
+    """Run directories under ``out_dir`` that are not cells of this sweep (left by an earlier
+    grid): ``equinox audit OUT`` would compare them too."""
+    from reports.audit import find_runs
+
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    mine = {(out_dir / cell.path).resolve() for cell in cells}
+    return [run for run in find_runs(out_dir) if run.resolve() not in mine]
+
+
 def _load_tables(cells: list[Cell], load) -> dict[tuple[str, int], pa.Table]:
     if load is None:
         from traces import load_workload

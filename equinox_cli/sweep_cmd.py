@@ -56,6 +56,11 @@ def sweep(
         "one; default: a new local Ray instance (or the cluster $RAY_ADDRESS names).",
     ),
     retries: int = typer.Option(1, min=0, help="Times a failed cell is retried before it is reported."),
+    clean: bool = typer.Option(
+        False,
+        "--clean",
+        help="Delete runs under OUT that are not cells of this sweep (an earlier grid's) instead of refusing to run.",
+    ),
 ):
     """Replay every (workload, seed, scheduler, knobs) cell and plot the fairness / TTFT / throughput frontier.
 
@@ -69,6 +74,7 @@ def sweep(
 
     check_backend(backend)
     cells = plan(split_list(workload), split_list(scheduler), parse_seeds(seed), parse_grid(grid))
+    _clear_foreign_runs(out, cells, clean)
     results = _run(cells, out, backend=backend, jobs=jobs, ray_address=ray_address, retries=retries, preset=preset)
     summary = summarise(results)
     atomic_write_text(summary.to_csv(index=False), out / "summary.csv")
@@ -88,6 +94,33 @@ def sweep(
         )
     if failed:
         raise typer.Exit(1)
+
+
+def _clear_foreign_runs(out: Path, cells, clean: bool) -> None:
+    """Refuse an OUT that holds runs of another grid (audit would mix them in), or delete them."""
+    import shutil
+
+    from engine.sweep import foreign_runs
+    from traces.errors import InputError
+
+    foreign = foreign_runs(out, cells)
+    if any(run.resolve() == out.resolve() for run in foreign):
+        raise InputError("is a run directory itself; choose another --out for the sweep", source=str(out))
+    if foreign and not clean:
+        shown = ", ".join(run.relative_to(out).as_posix() for run in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise InputError(
+            f"holds {len(foreign)} run(s) that are not cells of this sweep ({shown}{more}); "
+            "choose another --out, or pass --clean to delete them",
+            source=str(out),
+        )
+    root = out.resolve()
+    for run in foreign:
+        run.unlink() if run.is_symlink() else shutil.rmtree(run)
+        parent = run.parent
+        while parent.resolve() != root and not any(parent.iterdir()):  # and the folders it leaves empty
+            parent.rmdir()
+            parent = parent.parent
 
 
 def _run(cells, out: Path, **options):

@@ -107,13 +107,13 @@ def _run_dirs(path: Path) -> list[Path]:
     if not path.is_dir():
         found = "a file" if path.exists() else "nothing"
         raise InputError(f"expected a run directory or a replay output directory, found {found}", source=str(path))
-    runs = _find_runs(path)
+    runs = find_runs(path)
     if not runs:
         raise InputError(f"expected {', '.join(RUN_FILES)} here or in its subdirectories", source=str(path))
     return runs
 
 
-def _find_runs(path: Path) -> list[Path]:
+def find_runs(path: Path) -> list[Path]:
     """Run directories at or below ``path`` (a sweep nests them: workload/seed-S/knobs/scheduler).
 
     Hidden directories are skipped (an interrupted atomic write leaves ``.<name>.*.tmp``), and
@@ -121,7 +121,7 @@ def _find_runs(path: Path) -> list[Path]:
     if _is_run_dir(path):
         return [path]
     subs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return [run for d in subs if _is_run_dir(d) or not d.is_symlink() for run in _find_runs(d)]
+    return [run for d in subs if _is_run_dir(d) or not d.is_symlink() for run in find_runs(d)]
 
 
 def _is_run_dir(path: Path) -> bool:

@@ -126,6 +126,27 @@ def test_sweep_command_writes_summary_and_frontier_and_exits_1_on_failure(tmp_pa
     assert summary[0].startswith("workload,seed,scheduler,alpha,beta,cell,error,jain,")
     assert len(summary) == 1 + 2 * 3 and (tmp_path / "frontier.png").exists()
     assert "on-off-less,2,fcfs,,,on-off-less/seed-2/default/fcfs,," in summary[-1]
-    result = runner.invoke(app, args + ["--grid", "alpha=0", "--grid", "beta=0"])
+    result = runner.invoke(app, args + ["--grid", "alpha=0", "--grid", "beta=0", "--clean"])
     assert result.exit_code == 1
     assert "FAILED cell on-off-less/seed-1/alpha-0_beta-0/equinox after 1 attempt: ValueError" in result.output
+    assert not (tmp_path / "on-off-less/seed-1/alpha-0.5_beta-0.5").exists()  # --clean took the old grid's cells
+
+
+def test_sweep_refuses_an_out_holding_another_grids_runs(tmp_path):
+    """`equinox audit OUT` compares every run under OUT: a sweep with another grid must not leave the
+    earlier cells beside its own unless told to delete them (--clean)."""
+    runner = CliRunner()
+    args = ["sweep", "--workload", "on-off-less", "--seed", "1", "--out", str(tmp_path), "--scheduler", "equinox"]
+    assert runner.invoke(app, args + ["--grid", "alpha=0.5"]).exit_code == 0
+    assert runner.invoke(app, args + ["--grid", "alpha=0.5"]).exit_code == 0  # the same grid again: fine
+    summary = (tmp_path / "summary.csv").read_text()
+    result = runner.invoke(app, args + ["--grid", "alpha=1"])
+    assert result.exit_code == 2
+    assert "holds 1 run(s) that are not cells of this sweep (on-off-less/seed-1/alpha-0.5/equinox)" in result.output
+    assert (tmp_path / "summary.csv").read_text() == summary and not (tmp_path / "on-off-less/seed-1/alpha-1").exists()
+    assert runner.invoke(app, args + ["--grid", "alpha=1", "--clean"]).exit_code == 0
+    runs = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("requests.parquet"))
+    assert runs == ["on-off-less/seed-1/alpha-1/equinox"]
+    run_dir = tmp_path / "on-off-less/seed-1/alpha-1/equinox"
+    result = runner.invoke(app, ["sweep", "-w", "on-off-less", "-s", "fcfs", "--out", str(run_dir), "--clean"])
+    assert result.exit_code == 2 and "is a run directory itself" in result.output and run_dir.is_dir()
