@@ -27,7 +27,9 @@ def audit(
     ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full audit as JSON."),
     baseline: Optional[Path] = typer.Option(
-        None, "--baseline", help="A run or replay directory to compare with (runs matched by directory name)."
+        None,
+        "--baseline",
+        help="A run or replay directory to compare with (runs matched by their trailing directories).",
     ),
     policy: Optional[Path] = typer.Option(None, "--policy", help="A TOML file of thresholds (see docs/AUDIT.md)."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write the checks as JUnit XML."),

@@ -6,6 +6,7 @@ The hand-built run here (``write_run``) is shared by the other report tests.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -252,6 +253,27 @@ def test_baseline_deltas_match_runs_by_directory_name(tmp_path):
     # a single baseline run is every run's baseline
     single = audit([tmp_path / "new"], baseline=tmp_path / "base" / "vtc").runs
     assert [r["baseline"]["name"] for r in single] == ["vtc"] * 3
+
+
+def test_baseline_of_a_nested_sweep_is_the_same_cell(tmp_path):
+    """Sweeps nest runs (workload/seed/knobs/scheduler): every cell is called 'equinox', so a
+    baseline run is the one whose path ends in the most of the same directories."""
+    for knobs, busy in (("alpha-0", 12.0), ("alpha-1", 9.0)):
+        write_run(tmp_path / "old/overload/seed-1" / knobs / "equinox", scheduler="equinox", busy_s=busy)
+        write_run(tmp_path / "new/overload/seed-1" / knobs / "equinox", scheduler="equinox", busy_s=busy)
+    runs = audit([tmp_path / "new"], baseline=tmp_path / "old").runs
+    for run in runs:
+        base = run["baseline"]
+        assert Path(base["path"]).parent.name == Path(run["path"]).parent.name  # alpha-0 with alpha-0
+        assert base["metrics"]["utilization"]["change_pct"] == 0
+    # two baseline cells that match equally well: no guess
+    write_run(tmp_path / "c/x/equinox", scheduler="equinox")
+    both = tmp_path / "two"
+    for side in ("a", "b"):
+        write_run(both / side / "x" / "equinox", scheduler="equinox")
+    (run,) = audit([tmp_path / "c"], baseline=both).runs
+    assert run["baseline"]["name"] is None
+    assert "'equinox' matches several baseline runs equally (a/x/equinox, b/x/equinox)" in run["baseline"]["reason"]
 
 
 def test_renderers(replay):
