@@ -172,11 +172,27 @@ class ClientCounters:
     def add_many(self, row: int, columns: np.ndarray, amounts: np.ndarray) -> None:
         """Add ``amounts[j]`` to counter ``row`` of client ``columns[j]`` (distinct columns)."""
         self.values[row, columns] += amounts
-        self.keys[row, columns] += amounts  # inf stays inf for the clients not backlogged
+        keys = self._key_rows[row]
+        old = keys[columns]
+        new = old + amounts
+        keys[columns] = new  # inf stays inf for the clients not backlogged
         mine = self.backlogged[columns]
-        if mine.any():
-            self.totals[row] += float(amounts[mine].sum())
-            self._refresh(np.unique(columns[mine] // BLOCK), row)
+        if not mine.any():
+            return
+        self.totals[row] += float(amounts[mine].sum())
+        if self._stale >= 0:
+            self._clean()
+        # Only a block whose smallest key rose needs a rescan (with clients spread over many
+        # blocks, hardly any); a key that fell below its block's minimum is the new minimum.
+        block_min = self._min_rows[row]
+        blocks = columns // BLOCK
+        low = block_min[blocks]
+        fell = mine & (new < low)
+        if fell.any():
+            np.minimum.at(block_min, blocks[fell], new[fell])
+        rose = mine & (old == low) & (amounts > 0)
+        if rose.any():
+            self._refresh(np.unique(blocks[rose]), row)
 
     def add_per_request(self, row: int, clients: np.ndarray, amounts: np.ndarray) -> None:
         """Add each ``amounts[j]`` to counter ``row`` of client ``clients[j]`` (a client may repeat:
@@ -184,8 +200,13 @@ class ClientCounters:
         if len(self.names) <= DENSE_CLIENTS:  # sum per client over every client
             self.add_dense(row, np.bincount(clients, weights=amounts, minlength=len(self.names)))
             return
-        unique, inverse = np.unique(clients, return_inverse=True)  # over the clients charged only
-        self.add_many(row, unique, np.bincount(inverse, weights=amounts))
+        # over the clients charged only (np.unique's own overhead would be most of the step)
+        ordered = np.sort(clients)
+        first = np.empty(len(ordered), dtype=bool)
+        first[:1] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        unique = ordered[first]
+        self.add_many(row, unique, np.bincount(np.searchsorted(unique, clients), weights=amounts))
 
     def add_dense(self, row: int, amounts: np.ndarray) -> None:
         """Add ``amounts[j]`` to counter ``row`` of client ``j``, for the first ``len(amounts)``

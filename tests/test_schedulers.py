@@ -102,6 +102,42 @@ def test_client_counters_match_a_brute_force_minimum(clients):
     check()
 
 
+def test_per_request_charges_over_many_clients_equal_summing_in_order():
+    """Over 1,024 clients a step's charges are summed per charged client only (sorted, not over
+    every client): the same floats as adding each client's amounts in batch order, and the block
+    minima and totals of a full scan."""
+    import numpy as np
+
+    from schedulers.counters import ClientCounters
+
+    rng = np.random.default_rng(3)
+    counters = ClientCounters(rows=1)
+    n = 1500
+    for i in range(n):
+        counters.add_client(f"c{i}")
+    backlogged = rng.random(n) < 0.5
+    for i in np.flatnonzero(backlogged).tolist():
+        counters.backlog(i)
+    expected = np.zeros(n)
+    for _ in range(50):
+        clients = rng.integers(0, n, 256)
+        clients[:40] = rng.integers(0, 5, 40)  # a few clients with many requests in the batch
+        amounts = rng.uniform(0.1, 3.0, 256) / rng.choice([1.0, 1.6, 3.0], 256)
+        counters.add_per_request(0, clients, amounts)
+        per_client: dict[int, float] = {}
+        for c, a in zip(clients.tolist(), amounts.tolist()):
+            per_client[c] = per_client.get(c, 0.0) + a
+        for c, total in per_client.items():
+            expected[c] += total
+    assert counters.values[0, :n].tolist() == expected.tolist()
+    keys = np.where(backlogged, expected, np.inf)
+    padded = np.concatenate((keys, np.full(counters.values.shape[1] - n, np.inf)))
+    assert counters.block_min[0].tolist() == padded.reshape(-1, 256).min(axis=1).tolist()
+    assert counters.min() == keys.min()
+    assert counters.smallest((1.0,)) == (int(keys.argmin()), float(keys.min()))
+    assert counters.totals[0] == pytest.approx(expected[backlogged].sum(), rel=1e-12)
+
+
 def test_an_equal_score_in_an_earlier_block_wins_when_a_later_block_is_opened_first():
     from schedulers.counters import BLOCK, ClientCounters
 
