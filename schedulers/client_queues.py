@@ -49,7 +49,6 @@ class ClientQueues(Policy):
 
     # -- the queue verbs --------------------------------------------------------------
     def on_arrival(self, req: Request, now: float) -> bool:
-        # (Equinox.on_arrival inlines this and its _backlog: keep the two in step.)
         client = req.client
         queue = self._queues.get(client)
         if queue is None:

@@ -35,7 +35,6 @@ arrived since the last batch.  Every knob is in ``EquinoxKnobs``.
 from __future__ import annotations
 
 from array import array
-from collections import deque
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -210,6 +209,7 @@ class Equinox(ClientQueues):
         i = self._counters.index[client]
         if arrival:
             self._head_since[req.request_id] = req.arrival_s
+            self._head_pending[i] = req.pending
             self._lift(i)
         self._counters.backlog(i)
 
@@ -257,26 +257,10 @@ class Equinox(ClientQueues):
         self._head_pending[self._counters.index[req.client]] = req.pending
 
     def on_arrival(self, req: Request, now: float) -> bool:
-        """ClientQueues.on_arrival with _backlog inlined (this runs once per request), after the
-        predictor, if any, takes the request's features."""
+        """Queue ``req``, after the predictor, if any, takes its features (at arrival)."""
         if self._arrive is not None:
             self._arrive(req)
-        client = req.client
-        queue = self._queues.get(client)
-        if queue is None:
-            queue = self._queues[client] = deque()
-            self._new_client(client)
-        queue.append(req)
-        self._waiting += 1
-        if len(queue) == 1:  # _backlog(client, req, arrival=True)
-            counters = self._counters
-            i = counters.index[client]
-            self._head_since[req.request_id] = req.arrival_s
-            self._head_pending[i] = req.pending
-            last = self._last_left
-            counters.lift(i, None if last is None else counters.index[last])
-            counters.backlog(i)
-        return True
+        return super().on_arrival(req, now)
 
     def _resumed(self, req: Request) -> None:
         if self._forget is not None and req.slot is None:  # never charged: a drop (serving's abort)
