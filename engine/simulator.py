@@ -9,9 +9,10 @@ KV blocks for the scheduled tokens).  The step's time comes from the cost model;
 tokens, first tokens and completions land at the end of the step.
 
 The running batch lives in numpy arrays (one column per request, admission order), so
-a step costs a fixed number of array operations however large the batch; the policy is
-told about requests one by one only when they arrive, are admitted, preempted or finish
-(and per step for policies that charge per request).  Stretches of pure decode steps in
+a step costs a fixed number of array operations however large the batch, and a step in which
+every running request only decodes is counted rather than written into the columns (see
+``_decode_step``); the policy is told about requests one by one only when they arrive, are
+admitted, preempted or finish (and per step for policies that charge per request).  Stretches of pure decode steps in
 which nothing can change but token counts (no arrival, admission, completion or
 preemption is possible) are advanced in one move; ``fast_forward=False`` runs them step
 by step, with identical results (a test proves it).
