@@ -263,14 +263,23 @@ def _replay(table: pa.Table, cell: Cell, out: Path, base: EquinoxKnobs, options:
 
 
 class LocalBackend:
-    """Worker processes on this machine; each receives every workload once, when it starts.
+    """Worker processes on this machine.  The driver writes each workload once to an Arrow file
+    in a temporary directory; a worker memory-maps only the workloads of the cells it runs (the
+    pages are shared by every worker through the OS), not a copy of every workload each.
 
     Workers are spawned, not forked, so they inherit no threads or locks of the driver (a Ray
     client, a progress bar).  If a worker dies (killed for memory, say), the pool breaks and
     fails every cell it held; they are retried on a fresh pool."""
 
     def __init__(self, tables: dict, *, jobs: int):
-        self._tables, self._jobs = tables, max(1, jobs)
+        self._dir = tempfile.TemporaryDirectory(prefix="equinox-sweep-")
+        self._files = {}
+        for i, (key, table) in enumerate(tables.items()):
+            path = Path(self._dir.name) / f"{i}.arrow"
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            self._files[key] = str(path)
+        self._jobs = max(1, jobs)
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -278,7 +287,7 @@ class LocalBackend:
             max_workers=self._jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_receive_tables,
-            initargs=(self._tables,),
+            initargs=(self._files,),
         )
 
     def submit(self, cell: Cell, out_dir: Path, base: EquinoxKnobs, options: dict) -> Future:
@@ -291,17 +300,22 @@ class LocalBackend:
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
+        self._dir.cleanup()
 
 
-_TABLES: dict[tuple[str, int], pa.Table] = {}  # a local worker's workloads
+_FILES: dict[tuple[str, int], str] = {}  # a local worker's workloads: their Arrow files
+_TABLES: dict[tuple[str, int], pa.Table] = {}  # ... and those it has mapped
 
 
-def _receive_tables(tables: dict) -> None:
-    _TABLES.update(tables)
+def _receive_tables(files: dict) -> None:
+    _FILES.update(files)
 
 
 def _replay_in_place(cell: Cell, out_dir: Path, base: EquinoxKnobs, options: dict) -> None:
-    _replay(_TABLES[(cell.workload, cell.seed)], cell, out_dir / cell.path.parent, base, options)
+    key = (cell.workload, cell.seed)
+    if key not in _TABLES:
+        _TABLES[key] = pa.ipc.open_file(pa.memory_map(_FILES[key])).read_all()
+    _replay(_TABLES[key], cell, out_dir / cell.path.parent, base, options)
 
 
 class RayBackend:

@@ -89,6 +89,21 @@ def test_a_failing_cell_is_retried_and_reported_not_dropped(tmp_path):
     assert ok.error is None and ok.attempts == 1 and (ok.path / "requests.parquet").exists()
 
 
+def test_local_workers_map_workloads_from_files_the_backend_removes():
+    """The local backend writes each workload once for its workers to memory-map (no copy per
+    worker), and removes the files when it closes."""
+    import pyarrow as pa
+
+    from engine.sweep import LocalBackend
+
+    table = tiny("overload", 1)
+    backend = LocalBackend({("overload", 1): table}, jobs=1)
+    (path,) = backend._files.values()
+    assert pa.ipc.open_file(pa.memory_map(path)).read_all().equals(table)
+    backend.close()
+    assert not Path(path).exists()
+
+
 def test_cells_of_a_killed_worker_are_retried_on_a_fresh_pool(tmp_path):
     cells = plan(["overload", "on-off-less"], ["fcfs", "vtc", "lcf"], [1], {})
     killed = []
