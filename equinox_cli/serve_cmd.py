@@ -12,12 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import tomllib
 import typer
 
 from equinox_cli.common import console, err_console, user_errors
 from schedulers.equinox import EquinoxKnobs
-from traces.errors import InputError
+from traces.errors import InputError, read_toml
 
 _EQ = EquinoxKnobs()
 
@@ -138,14 +137,7 @@ def _api_keys(path: Optional[Path]) -> dict:
     """``[keys]`` table of a TOML file: tenant = "key"."""
     if path is None:
         return {}
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError("missing file; expected a TOML file with a [keys] table", source=str(path)) from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"expected TOML: {exc}", source=str(path)) from None
-    keys = data.get("keys")
+    keys = read_toml(path, "a TOML file with a [keys] table").get("keys")
     if not isinstance(keys, dict) or any(not isinstance(v, str) for v in keys.values()):
         raise InputError('expected a [keys] table of tenant = "API key"', source=str(path))
     return {str(k): v for k, v in keys.items()}

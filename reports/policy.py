@@ -18,10 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-import tomllib
-
 from reports.compare import METRICS, get
-from traces.errors import InputError
+from traces.errors import InputError, read_toml
 
 
 @dataclass(frozen=True)
@@ -57,13 +55,7 @@ class Check:
 def load_policy(path) -> Policy:
     """Read and validate a policy file; any problem is an InputError naming the file and the key."""
     source = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError("missing file; expected a TOML policy", source=source) from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"expected a TOML policy: {exc}", source=source) from None
+    data = read_toml(path, "a TOML policy")
     known = [f.name for f in fields(Policy)]
     values = {}
     for key, value in data.items():

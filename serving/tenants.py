@@ -37,10 +37,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
-
 from serving.bridge import TENANT_KEY, WEIGHT_KEY
-from traces.errors import InputError
+from traces.errors import InputError, read_toml
 
 ENV_FILE = "EQUINOX_TENANTS"
 ENV_HEADER = "EQUINOX_TENANT_HEADER"
@@ -78,15 +76,7 @@ class Tenants:
 
     @classmethod
     def load(cls, path: str | Path) -> "Tenants":
-        source = str(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise InputError("missing file; expected a TOML tenants file", source=source) from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InputError(f"expected a TOML tenants file: {exc}", source=source) from None
-        return cls.parse(data, source)
+        return cls.parse(read_toml(path, "a TOML tenants file"), str(path))
 
     @classmethod
     def parse(cls, data: dict, source: str = "tenants") -> "Tenants":

@@ -24,5 +24,19 @@ class InputError(ValueError):
         super().__init__(where + message)
 
 
+def read_toml(path, expected: str) -> dict:
+    """The TOML file at ``path``; an ``InputError`` naming it and ``expected`` (what it should
+    be, e.g. "a TOML policy") when it is missing or not TOML."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"missing file; expected {expected}", source=str(path)) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"expected {expected}: {exc}", source=str(path)) from None
+
+
 class TraceWarning(UserWarning):
     """Input that was read with a loss the user should know of, such as a truncated file."""
