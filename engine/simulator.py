@@ -327,11 +327,6 @@ class Simulator:
             return min(budget, room)
         return INF if budget <= room else room
 
-    def _fits(self, pending: int, budget: int, free: int) -> bool:
-        """Whether a request with ``pending`` tokens can start within ``budget`` tokens and
-        ``free`` KV blocks (its first chunk's blocks)."""
-        return budget > 0 and pending <= self._max_pending(budget, free)
-
     def _step(self, now: float) -> float:
         """One engine step from ``now``; returns when it ends."""
         step_budget = self.policy.token_budget(self.config.max_batch_tokens)
@@ -737,8 +732,7 @@ class Simulator:
         fits = _Fits()
         while batch.n < cfg.max_running and budget > 0:
             fits.max_pending = limit = self._max_pending(budget, self.free)
-            easiest = self._fewest_pending()
-            if easiest is None or easiest > limit:  # spare the policy a search that cannot succeed
+            if self._nothing_fits(limit):  # spare the policy a search that cannot succeed
                 break
             req = self.policy.select(fits)
             if req is None:
@@ -849,11 +843,11 @@ class Simulator:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
-    def _nothing_fits(self, budget: int, free: int) -> bool:
-        """True when no waiting request fits ``budget`` tokens and ``free`` blocks: the one with
-        the fewest pending tokens is the easiest to fit (its chunk and blocks are the smallest)."""
+    def _nothing_fits(self, max_pending: float) -> bool:
+        """True when no waiting request has at most ``max_pending`` tokens to compute (see
+        ``_max_pending``): the one with the fewest is the easiest to fit."""
         easiest = self._fewest_pending()
-        return easiest is None or not self._fits(easiest, budget, free)
+        return easiest is None or easiest > max_pending
 
     def _admission_blocked(self, decode_blocks_first_step: int) -> bool:
         """True when no waiting request can be admitted during a decode-only stretch.
@@ -867,7 +861,7 @@ class Simulator:
         if self.policy.waiting == 0 or running >= cfg.max_running:
             return True
         budget = cfg.max_batch_tokens - running
-        return budget <= 0 or self._nothing_fits(budget, self.free - decode_blocks_first_step)
+        return budget <= 0 or self._nothing_fits(self._max_pending(budget, self.free - decode_blocks_first_step))
 
     def _stretch(self, now: float, next_arrival: float) -> float | None:
         """Advance k >= 1 pure decode steps in one move; None when not possible."""
