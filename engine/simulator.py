@@ -651,18 +651,7 @@ class Simulator:
         """
         a = self.batch.a
         n = self.batch.n
-        scheduled, cut, needed = self._preemption_cut(need, a[BLOCKS, :n])
-        if scheduled:
-            a[BLOCKS, :scheduled] += need[:scheduled]
-            self.free -= needed
-        for _ in range(n - cut):  # the most recently admitted first, as the in-order walk pops them
-            self._preempt_last()
-        return None, tokens[:scheduled], n - cut
-
-    def _preemption_cut(self, need: np.ndarray, held: np.ndarray) -> tuple[int, int, int]:
-        """(requests scheduled, the first one preempted, new blocks of those scheduled) for the
-        new blocks ``need`` of the first ``len(need)`` requests and the blocks ``held`` by each."""
-        tail = np.concatenate((np.cumsum(held[::-1])[::-1], [0]))  # S[c], c = 0..n, non-increasing
+        tail = np.concatenate((np.cumsum(a[BLOCKS, :n][::-1])[::-1], [0]))  # S[c], c = 0..n, non-increasing
         needed = np.cumsum(need)
         cuts = np.searchsorted(-tail, self.free - needed, side="right") - 1
         stuck = cuts <= np.arange(len(need))
@@ -670,7 +659,12 @@ class Simulator:
             scheduled = cut = int(stuck.argmax())
         else:
             scheduled, cut = len(need), int(cuts[-1])
-        return scheduled, cut, int(needed[scheduled - 1]) if scheduled else 0
+        if scheduled:
+            a[BLOCKS, :scheduled] += need[:scheduled]
+            self.free -= int(needed[scheduled - 1])
+        for _ in range(n - cut):  # the most recently admitted first, as the in-order walk pops them
+            self._preempt_last()
+        return None, tokens[:scheduled], n - cut
 
     def _schedule_running_in_order(self, budget: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Schedule the running requests one by one, preempting the most recently admitted
