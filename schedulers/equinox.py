@@ -155,9 +155,6 @@ class Equinox(ClientQueues):
             raise ValueError("lengths='predictor' needs a predictor session")
         self.knobs = knobs
         self.predictor = predictor
-        # the knobs the per-admission paths read, as plain attributes
-        self._alpha, self._beta, self._gamma = knobs.alpha, knobs.beta, knobs.gamma
-        self._ttft_slo, self._tpot_slo, self._lengths = knobs.ttft_slo_s, knobs.tpot_slo_s, knobs.lengths
         # A predictor session with the amortised path (predictors.Session) takes each request's
         # features at arrival and predicts output lengths in batches, when an admission needs one;
         # any other predictor is asked at admission (predict_one).
@@ -278,12 +275,8 @@ class Equinox(ClientQueues):
     def select(self, fits) -> Request | None:
         """The lowest-HF client's next request; if it does not fit, the first that does among
         the clients within ``delta`` of the lowest HF (none when ``delta`` is 0)."""
-        counters = self._counters  # _coefficients, inlined: this runs once per admission
-        n, (total_ufc, total_rfc) = counters.count, counters.totals
-        a = self._alpha * n / total_ufc if total_ufc > 0 else 0.0
-        b = self._beta * n / total_rfc if total_rfc > 0 else 0.0
-        zero = a == 0 and b == 0
-        coef = (1.0, 0.0) if zero else (a, b)
+        coef, zero = self._coefficients()
+        counters = self._counters
         best = counters.smallest(coef)
         if best is None:
             return None
@@ -315,33 +308,28 @@ class Equinox(ClientQueues):
         prompt = self.service.w_p * req.prompt_tokens * self._g(ttft, k.ttft_slo_s)
         return (prompt + self.service.w_q * output * self._g(tpot, k.tpot_slo_s)) / req.weight
 
+    def _output_hat(self, req: Request) -> float:
+        """The output tokens expected of ``req``."""
+        lengths = self.knobs.lengths
+        if lengths == "oracle":
+            return float(req.output_tokens)
+        if lengths == "predictor":
+            return self._take(req)
+        return self._average.get(req.client, float(req.output_tokens))
+
     def _charge_admission(self, req: Request, now: float) -> None:
-        # _predict, _user_charge and _g inlined (the same arithmetic): this runs once per admission.
-        lengths = self._lengths
-        if lengths == "average":
-            out_hat = self._average.get(req.client, float(req.output_tokens))
-        elif lengths == "oracle":
-            out_hat = float(req.output_tokens)
-        else:
-            out_hat = self._take(req)
+        out_hat = self._output_hat(req)
         prefill_s = tpot_hat = self._sec_per_step  # a prompt is prefilled in about one step (chunked)
-        ttft = now - self._head_since.get(req.request_id, req.arrival_s) + prefill_s
-        gamma = self._gamma
-        late = ttft / self._ttft_slo - 1.0
-        g_ttft = 1.0 / (1.0 + gamma * (late if late > 0.0 else 0.0))
-        late = tpot_hat / self._tpot_slo - 1.0
-        discount = 1.0 / (1.0 + gamma * (late if late > 0.0 else 0.0))  # g(tpot_hat)
-        weight = req.weight
-        service = self.service
-        ufc = (service.w_p * req.prompt_tokens * g_ttft + service.w_q * out_hat * discount) / weight
+        head_since = self._head_since.get(req.request_id, req.arrival_s)
+        ufc = self._user_charge(req, out_hat, now - head_since + prefill_s, tpot_hat)
         # Engine time is shared per token computed (on_step), so predict it the same way.
         rfc_hat = (req.prompt_tokens + out_hat) * self._sec_per_token
         req.predicted_output = out_hat
-        rfc = rfc_hat / weight
+        discount = self._g(tpot_hat, self.knobs.tpot_slo_s)
+        rfc = rfc_hat / req.weight
         client = self._counters.index[req.client]
-        req.slot = self._charges.add(client, weight, out_hat, tpot_hat, discount, ufc, rfc)
-        self._counters.add(client, (ufc, rfc))
-        self._changed[client] = True
+        req.slot = self._charges.add(client, req.weight, out_hat, tpot_hat, discount, ufc, rfc)
+        self._add(req.client, ufc, rfc)
 
     # The engine reports tokens and steps either per request (on_tokens, on_step) or as arrays of
     # slots (the simulator); the per-request calls gather their requests' slots and take the same path.
