@@ -254,8 +254,6 @@ class ClientCounters:
     def _scores(self, block: int, coef: tuple[float, ...]) -> np.ndarray:
         """``sum(coef[r] * row r)`` of a block's clients (inf for those not backlogged)."""
         s = slice(block * BLOCK, (block + 1) * BLOCK)
-        if len(coef) == 2 and coef[0] and coef[1]:  # Equinox's HF: the loop below, unrolled
-            return coef[0] * self._key_rows[0][s] + coef[1] * self._key_rows[1][s]  # (1.0 * x is x)
         score = None
         for row, c in enumerate(coef):
             if c:  # 0 * inf would be nan
@@ -266,8 +264,6 @@ class ClientCounters:
 
     def _bounds(self, coef: tuple[float, ...]) -> np.ndarray:
         """Per block, a lower bound of its clients' scores (exact with one coefficient)."""
-        if len(coef) == 2 and coef[0] and coef[1]:  # Equinox's HF: the loop below, unrolled
-            return coef[0] * self._min_rows[0] + coef[1] * self._min_rows[1]
         bound = None
         for row, c in enumerate(coef):
             if c:
