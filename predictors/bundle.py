@@ -348,16 +348,10 @@ class Session:
         """Take ``req``'s features now, at its arrival (``req.arrival_state`` must be set): the
         client history is what ``observe`` has recorded so far.  Its output length is predicted
         with the next batch (``output_tokens``)."""
-        seen = self._seen.pop(req.request_id, None) if self._seen else None
+        expert, static = self._seen.pop(req.request_id, None) or self._prompt_features(req)
         history = self._history.get(req.client)
         mean, count = (self._prior, 0) if history is None else (history[0] / history[1], history[1])
-        if seen is None and not req.prompt:  # the common case, without _prompt_features' call
-            expert = 0 if self._threshold_list is None else bisect_left(self._threshold_list, req.prompt_tokens)
-            row = (req.prompt_tokens, *req.arrival_state, mean, count, 0, self._text[expert][1])
-        else:
-            expert, static = seen or self._prompt_features(req)
-            row = (*static[:5], mean, count, *static[5:])
-        self._arrived.extend(row)
+        self._arrived.extend((*static[:5], mean, count, *static[5:]))
         self._arrived_experts.append(expert)
         self._arrived_ids.append(req.request_id)
 
