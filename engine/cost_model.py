@@ -56,6 +56,7 @@ class ModelSpec:
     d_ff: int
     vocab: int
     bytes_per_param: int = 2
+    max_context: int = 4096  # the model's context window (config.json max_position_embeddings)
 
     @property
     def head_dim(self) -> int:

@@ -49,11 +49,25 @@ LLAMA2_70B = ModelSpec(
     "Llama-2-70b", n_params=68_976_648_192, n_layers=80, d_model=8192, n_heads=64, n_kv_heads=8, d_ff=28672, vocab=32000
 )
 
-MODELS = {"llama2-7b": LLAMA2_7B, "llama2-13b": LLAMA2_13B, "llama2-70b": LLAMA2_70B}
+# Llama-3.1-8B (Hugging Face config.json of meta-llama/Llama-3.1-8B): grouped-query attention
+# with 8 KV heads, so a token's KV is a quarter of Llama-2-7B's; a 131,072-token context.
+LLAMA31_8B = ModelSpec(
+    "Llama-3.1-8b",
+    n_params=8_030_261_248,
+    n_layers=32,
+    d_model=4096,
+    n_heads=32,
+    n_kv_heads=8,
+    d_ff=14336,
+    vocab=128256,
+    max_context=131_072,
+)
+
+MODELS = {"llama2-7b": LLAMA2_7B, "llama2-13b": LLAMA2_13B, "llama2-70b": LLAMA2_70B, "llama3.1-8b": LLAMA31_8B}
 
 # Tensor-parallel degree per model (70B: 4 GPUs; weights 138 GB do not fit one 80 GB GPU, and
 # 4 leave room for a large KV cache).  The Vidur profiles are read at this degree.
-TENSOR_PARALLEL = {"llama2-7b": 1, "llama2-13b": 1, "llama2-70b": 4}
+TENSOR_PARALLEL = {"llama2-7b": 1, "llama2-13b": 1, "llama2-70b": 4, "llama3.1-8b": 1}
 
 # --- Fitted constants -------------------------------------------------------------------------
 # Produced by `python benchmarks/cost_model_error.py` (least squares on relative error) from
@@ -65,7 +79,8 @@ TENSOR_PARALLEL = {"llama2-7b": 1, "llama2-13b": 1, "llama2-70b": 4}
 #  * the VTC artifact's A10G profile (fair_bench/cost_profile.json) -> the A10G constants, except
 #    memory_eff (the A100's: that profile cannot tell bandwidth from fixed overhead) and
 #    attention_eff (the A100's fraction of peak).
-# 13B has no profile: it uses the 7B constants of the same GPU.
+# 13B and Llama-3.1-8B have no profile: they use the Llama-2-7B constants of the same GPU (the same
+# layer widths, 4,096; the 8B's linear layers and its GQA attention enter through the model shape).
 CALIBRATION = {
     # (gpu, model): (compute_eff, attention_eff, memory_eff, step_overhead_s, request_overhead_s)
     ("a100", "llama2-7b"): (0.635, 0.2825, 0.765, 0.001367, 0.0),
@@ -76,6 +91,8 @@ CALIBRATION = {
 }
 CALIBRATION[("a100", "llama2-13b")] = CALIBRATION[("a100", "llama2-7b")]
 CALIBRATION[("h100", "llama2-13b")] = CALIBRATION[("h100", "llama2-7b")]
+CALIBRATION[("a100", "llama3.1-8b")] = CALIBRATION[("a100", "llama2-7b")]
+CALIBRATION[("h100", "llama3.1-8b")] = CALIBRATION[("h100", "llama2-7b")]
 
 # The calibrated presets round the roofline's knee: linear = (compute^2 + memory^2)^(1/2) instead of
 # max(compute, memory); on Vidur's linear-layer kernels this lowers the median error from 4.5-8.6%
@@ -99,6 +116,11 @@ class EnginePreset:
     block_size: int = 16  # KV-cache block, tokens
     tensor_parallel: int = 1  # GPUs the model is split over (hardware is one of them)
     merge_interval_steps: int = 1  # new requests join the batch every this many decode steps
+    max_model_len: int | None = None  # context limit (vLLM's max_model_len); None: the model's
+
+    def __post_init__(self):
+        if self.max_model_len is None:
+            object.__setattr__(self, "max_model_len", self.model.max_context)
 
 
 def kv_capacity_tokens(
@@ -182,6 +204,8 @@ PRESETS: dict[str, EnginePreset] = {
         _vllm_preset("h100", "llama2-7b"),
         _vllm_preset("h100", "llama2-13b"),
         _vllm_preset("h100", "llama2-70b"),
+        _vllm_preset("a100", "llama3.1-8b"),
+        _vllm_preset("h100", "llama3.1-8b"),
         _vtc_preset(),
     ]
 }

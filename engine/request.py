@@ -30,6 +30,8 @@ class Request:
         "finish_s",
         "preemptions",
         "status",
+        "reject_reason",  # why it was rejected at arrival (None: it was not)
+        "cached_prompt_tokens",  # prompt tokens the prefix cache served at its first admission
         # policy scratch
         "predicted_output",
         "slot",  # the policy's index for this request's state (see Policy.array_feedback), or None
@@ -55,6 +57,8 @@ class Request:
         self.finish_s = None
         self.preemptions = 0
         self.status = "waiting"
+        self.reject_reason = None
+        self.cached_prompt_tokens = 0
         self.predicted_output = None
         self.slot = None
         self.arrival_state = (0, 0, 0, 0.0)

@@ -47,8 +47,18 @@ REQUEST_SCHEMA = pa.schema(
         ("waiting_tokens_at_arrival", pa.int64()),  # prompt tokens waiting ahead of it
         ("running_at_arrival", pa.int64()),
         ("kv_used_at_arrival", pa.float64()),  # fraction of the KV cache in use
+        # Appended columns (older runs lack them; readers must tolerate their absence):
+        ("reject_reason", pa.string()),  # null when served; too_long | exceeds_kv | rate_limit
+        ("cached_prompt_tokens", pa.int64()),  # prompt tokens served from the prefix cache at first admission
+        ("prefix_hashes", pa.list_(pa.int64())),  # as the workload gave them (null when none)
     ]
 )
+
+# Why a request was rejected at arrival (``reject_reason``).
+TOO_LONG = "too_long"  # prompt + output over the model's context limit (max_model_len)
+EXCEEDS_KV = "exceeds_kv"  # could not fit the KV cache even alone
+RATE_LIMIT = "rate_limit"  # the policy refused it (RPM)
+REJECT_REASONS = (TOO_LONG, EXCEEDS_KV, RATE_LIMIT)
 
 STEP_SCHEMA = pa.schema(
     [
@@ -69,6 +79,7 @@ STEP_SCHEMA = pa.schema(
         ("kv_capacity_tokens", pa.int64()),
         ("token_budget", pa.int64()),
         ("flops", pa.float64()),  # model FLOPs the step performed (cost model)
+        ("cached_tokens", pa.int64()),  # prompt tokens of this step's admissions served from the prefix cache
     ]
 )
 

@@ -29,8 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.prefix_cache import PrefixCache, block_keys
 from engine.request import Request
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA
+from engine.results import EXCEEDS_KV, RATE_LIMIT, REQUEST_SCHEMA, STEP_SCHEMA, TOO_LONG
 from schedulers.base import Policy
 from traces.schema import column_lists
 
@@ -52,6 +53,9 @@ class EngineConfig:
     stall_free: bool = False  # decodes first, then partial prefills, then new prefills (Sarathi-Serve)
     admit_every: int = 1  # admit new requests every N steps (S-LoRA/VTC merges every 10)
     fast_forward: bool = True
+    max_model_len: int | None = None  # context limit: prompt + output over it is rejected (None: none)
+    prefix_caching: bool = True  # automatic prefix caching (vLLM's default), engine/prefix_cache.py
+    prefix_hash_tokens: int = 512  # prompt tokens each of the workload's prefix_hashes covers (Mooncake)
 
     @property
     def total_blocks(self) -> int:
@@ -63,6 +67,28 @@ class EngineConfig:
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def reject_reasons(prompt_tokens, output_tokens, config: EngineConfig) -> list:
+    """Per request, why it can never run on this engine (``TOO_LONG``, ``EXCEEDS_KV``) or None.
+
+    ``too_long``: prompt + output over ``max_model_len`` (vLLM refuses such a request), or,
+    without chunked prefill, over the step's token budget; ``exceeds_kv``: its KV blocks would
+    not fit the cache even alone.
+    """
+    total = np.asarray(prompt_tokens, dtype=np.int64) + np.asarray(output_tokens, dtype=np.int64)
+    too_long = np.zeros(len(total), dtype=bool)
+    if config.max_model_len is not None:
+        too_long |= total > config.max_model_len
+    if not config.chunked_prefill:
+        too_long |= total > config.max_batch_tokens
+    exceeds = (total + config.block_size - 1) // config.block_size > config.total_blocks
+    if not (too_long.any() or exceeds.any()):
+        return [None] * len(total)
+    out = np.full(len(total), None, dtype=object)
+    out[exceeds] = EXCEEDS_KV
+    out[too_long] = TOO_LONG
+    return out.tolist()
 
 
 class _StepLog:
@@ -243,12 +269,14 @@ class Simulator:
         self.reqs = reqs = [Request(*row) for row in zip(*columns)]
         for i, req in enumerate(reqs):
             req.row = i
-        # Requests that could never run on this engine (rejected at arrival), all at once.
-        total = np.asarray(columns[3], dtype=np.int64) + np.asarray(columns[4], dtype=np.int64)
-        runnable = (total + self.bs - 1) // self.bs <= cfg.total_blocks
-        if not cfg.chunked_prefill:
-            runnable &= total <= cfg.max_batch_tokens
-        self._runnable = runnable.tolist()
+        self._reasons = reject_reasons(columns[3], columns[4], cfg)  # None: it can run
+        self._cache = None
+        self._step_cached = 0  # prompt tokens this step's admissions took from the cache
+        if cfg.prefix_caching:
+            keys, any_keys = block_keys(workload, self.bs, cfg.prefix_hash_tokens)
+            if any_keys:
+                self._cache = PrefixCache(cfg.total_blocks, self.bs, keys)
+            self.policy.prefix_lookup = self._prefix_lookup
         # The request objects live as long as the replay: keep the collector from walking them
         # again and again (a million of them make every full collection long), as vLLM does.
         # A process that froze its heap itself (a vLLM server) keeps it frozen.
@@ -290,8 +318,12 @@ class Simulator:
     def _arrive(self, req: Request, now: float) -> None:
         kv_used = 1.0 - self.free / self.config.total_blocks
         req.arrival_state = (self.policy.waiting, self.waiting_tokens, self.batch.n, kv_used)
-        if not self._runnable[req.row] or not self.policy.on_arrival(req, now):
+        reason = self._reasons[req.row]
+        if reason is None and not self.policy.on_arrival(req, now):
+            reason = RATE_LIMIT
+        if reason is not None:
             req.status = "rejected"
+            req.reject_reason = reason
             self.finished += 1
             return
         self._enqueue(req)
@@ -306,7 +338,7 @@ class Simulator:
         cfg = self.config
         self.log.row(
             self.step, start, end - start, False, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, cfg.total_blocks * self.bs,
-            cfg.max_batch_tokens, 0.0,
+            cfg.max_batch_tokens, 0.0, 0,
         )  # fmt: skip
         self.step += 1
 
@@ -411,6 +443,7 @@ class Simulator:
         self.free -= need
         chunks: list[int] = []
         complete: list[bool] = []
+        self._step_cached = 0
         if not preempted and (self.step % cfg.admit_every == 0 or not n):
             chunks, complete = self._admit(now, step_budget - n)
         m = batch.n
@@ -421,15 +454,19 @@ class Simulator:
         # cost of the step (the same operations as _general_step's)
         g = self._g
         decode_kv = self._kv_stored + n * g + n
+        cached = self._step_cached  # admissions start from their cache hits
         if admitted == 0:
             prefill_tokens, prefill_pairs = 0, 0.0
         elif admitted == 1:
             prefill_tokens = k = chunks[0]
-            prefill_pairs = k * ((k + 1) / 2)
+            prefill_pairs = k * (int(a[COMPUTED, n]) + (k + 1) / 2) if cached else k * ((k + 1) / 2)
         else:
             k = np.array(chunks, dtype=np.int64)
             prefill_tokens = int(k.sum())
-            prefill_pairs = float((k * ((k + 1) / 2)).sum())
+            if cached:
+                prefill_pairs = float((k * (a[COMPUTED, n:m] + (k + 1) / 2)).sum())
+            else:
+                prefill_pairs = float((k * ((k + 1) / 2)).sum())
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, n, decode_kv, m))
         self._last_dt = dt
         if self._wants_steps:
@@ -445,13 +482,17 @@ class Simulator:
         produced = slice(0, m)
         bs = self.bs
         reqs = self.reqs
+        cache = self._cache
         for j in range(admitted):
             p = n + j
+            start = int(a[COMPUTED, p])  # its cache hit
+            if cache is not None:
+                cache.register(int(a[ROW, p]), start + chunks[j])
             if not complete[j]:
-                a[COMPUTED, p] = chunks[j]
+                a[COMPUTED, p] = start + chunks[j]
                 produced = None
                 continue
-            computed = chunks[j] - g
+            computed = start + chunks[j] - g
             generated = int(a[GENERATED, p]) + 1 - g
             a[COMPUTED, p] = computed
             a[GENERATED, p] = generated
@@ -485,7 +526,7 @@ class Simulator:
         self.log.row(
             self.step, now, dt, True, prefill_tokens, n, admitted, n, m, self.policy.waiting, admitted, finished,
             preempted,
-            (cfg.total_blocks - self.free) * bs, cfg.total_blocks * bs, step_budget, float(flops),
+            (cfg.total_blocks - self.free) * bs, cfg.total_blocks * bs, step_budget, float(flops), cached,
         )  # fmt: skip
         self.step += 1
         return end
@@ -503,6 +544,7 @@ class Simulator:
         budget = step_budget - int(tokens.sum())
 
         admitted = 0
+        self._step_cached = 0
         if not preempted and (self.step % cfg.admit_every == 0 or not batch.n):
             first = batch.n
             admitted_tokens, _ = self._admit(now, budget)
@@ -549,6 +591,10 @@ class Simulator:
         computed += tokens
         generated = cols[GENERATED]
         produced = None  # None: every scheduled request produced a token
+        if prefill_reqs and self._cache is not None:
+            register = self._cache.register
+            for r, c in zip(cols[ROW, prefill].tolist(), computed[prefill].tolist()):
+                register(r, c)
         if prefill_reqs:
             first = prefill & (computed >= cols[PROMPT] + generated)
             if first.any():
@@ -579,7 +625,7 @@ class Simulator:
         self.log.row(
             self.step, now, dt, True, prefill_tokens, decode_tokens, prefill_reqs, decode_tokens, m,
             self.policy.waiting, admitted, finished, preempted, (cfg.total_blocks - self.free) * self.bs,
-            cfg.total_blocks * self.bs, step_budget, float(flops),
+            cfg.total_blocks * self.bs, step_budget, float(flops), self._step_cached,
         )  # fmt: skip
         self.step += 1
         return end
@@ -635,7 +681,7 @@ class Simulator:
             else:
                 a[BLOCKS, pos] += need
             return pos, tokens, 0
-        if pos is not None:
+        if pos is not None or self._cache is not None:  # (shared blocks: a victim may free fewer than it holds)
             return None
         return self._schedule_with_preemption(tokens, need)
 
@@ -735,19 +781,57 @@ class Simulator:
             self.policy.admit(req, now, resumed)
             pending = req.pending
             self.waiting_tokens -= pending
-            n = self._chunk(pending, budget)
-            need = _ceil_div(n, bs)
+            hit = 0
+            if self._cache is not None:
+                hit, n, need = self._take_cached(req, pending, budget)
+                pending -= hit * bs
+                if not resumed:
+                    req.cached_prompt_tokens = hit * bs
+                self._step_cached += hit * bs
+            else:
+                n = self._chunk(pending, budget)
+                need = _ceil_div(n, bs)
             self.free -= need
             req.status = "running"
             if not resumed:
                 req.admitted_s = now
             slot = -1 if req.slot is None else req.slot
-            values = (req.row, req.prompt_tokens, req.output_tokens, 0, req.generated, need, 0, slot)
+            values = (req.row, req.prompt_tokens, req.output_tokens, hit * bs, req.generated, hit + need, 0, slot)
             batch.append(values, req.weight)
             tokens.append(n)
             complete.append(n == pending)
             budget -= n
         return tokens, complete
+
+    def _take_cached(self, req: Request, pending: int, budget: int) -> tuple[int, int, int]:
+        """The admitted ``req`` takes its cached leading blocks: (blocks hit, tokens it computes
+        this step, new blocks for them).  Cached blocks nobody holds count against the free ones;
+        when they and the chunk would not fit together, the request starts without the hit."""
+        cache = self._cache
+        bs = self.bs
+        row = req.row
+        cache.sync(self.free)
+        h = cache.lookup(row, (pending - 1) // bs)  # as vLLM: the last token is always computed
+        n = self._chunk(pending - h * bs, budget)
+        need = _ceil_div(h * bs + n, bs) - h
+        if h and cache.revived(row, h) + need > self.free:
+            h = 0
+            n = self._chunk(pending, budget)
+            need = _ceil_div(n, bs)
+        self.free -= cache.acquire(row, h)
+        return h, n, need
+
+    def _prefix_lookup(self, req: Request) -> int:
+        """``Policy.prefix_lookup``: prompt tokens of ``req`` cached right now."""
+        cache = self._cache
+        if cache is None or req.row is None:
+            return 0
+        cache.sync(self.free)
+        return cache.lookup(req.row, (req.prompt_tokens - 1) // self.bs) * self.bs
+
+    def _release(self, row: int, blocks: int) -> int:
+        """Blocks that become free when request ``row`` gives back its ``blocks``."""
+        return blocks if self._cache is None else self._cache.release(row, blocks)
 
     def _preempt_last(self) -> None:
         """Preempt the most recently admitted request: its KV is dropped, it waits again."""
@@ -761,7 +845,7 @@ class Simulator:
             generated += self._g
             blocks = _ceil_div(computed, self.bs)
         req = self.reqs[row]
-        self.free += blocks
+        self.free += self._release(row, blocks)
         batch.n = p
         req.generated = generated
         req.blocks = 0
@@ -810,7 +894,10 @@ class Simulator:
             computed = [c + g for c in computed]
             generated = [x + g for x in generated]
             blocks = [(c + bs - 1) // bs for c in computed]
-        self.free += sum(blocks)
+        if self._cache is None:
+            self.free += sum(blocks)
+        else:
+            self.free += sum(self._cache.release(r, b) for r, b in zip(rows, blocks))
         policy = self.policy
         reqs = self.reqs
         for r, c, g in zip(rows, computed, generated):
@@ -939,7 +1026,7 @@ class Simulator:
                 "waiting": full(self.policy.waiting), "admitted": zeros, "finished": finished_col,
                 "preempted": zeros, "kv_used_tokens": kv_used,
                 "kv_capacity_tokens": full(cfg.total_blocks * bs),
-                "token_budget": full(cfg.max_batch_tokens), "flops": flops,
+                "token_budget": full(cfg.max_batch_tokens), "flops": flops, "cached_tokens": zeros,
             }
         )  # fmt: skip
         self.step += k
@@ -972,5 +1059,10 @@ class Simulator:
             "waiting_tokens_at_arrival": pa.array(state[1], type=pa.int64()),
             "running_at_arrival": pa.array(state[2], type=pa.int64()),
             "kv_used_at_arrival": pa.array(state[3], type=pa.float64()),
+            "reject_reason": col(lambda r: r.reject_reason, pa.string()),
+            "cached_prompt_tokens": col(
+                lambda r: None if r.status == "rejected" else r.cached_prompt_tokens, pa.int64()
+            ),
+            "prefix_hashes": workload.column("prefix_hashes"),
         }
         return pa.Table.from_pydict(columns, schema=REQUEST_SCHEMA)

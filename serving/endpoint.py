@@ -367,6 +367,8 @@ def replay_endpoint(
             rows[k].append(v)
     from engine.results import REQUEST_SCHEMA
 
+    for name_ in REQUEST_SCHEMA.names:  # the appended columns (reject_reason, ...): null
+        rows.setdefault(name_, [None] * len(results))
     logged = pa.Table.from_pydict(rows, schema=REQUEST_SCHEMA)
     requests = requests_in_workload_order(workload, logged, name)
     steps = STEP_SCHEMA.empty_table()

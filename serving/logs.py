@@ -39,7 +39,8 @@ from engine.results import (
 
 CHUNK_ROWS = 8192  # rows kept as Python tuples before they are sealed into an Arrow batch
 
-_STEP_FIELDS = tuple(STEP_SCHEMA.names[4:])  # what a busy step reports: prefill_tokens .. flops
+# What a busy step reports: prefill_tokens .. flops (the columns after flops are left null).
+_STEP_FIELDS = tuple(STEP_SCHEMA.names[4 : STEP_SCHEMA.names.index("flops") + 1])
 # An idle row: zeros up to kv_used_tokens, the busy step's kv_capacity_tokens and token_budget, no FLOPs.
 _IDLE_ZEROS = (0,) * _STEP_FIELDS.index("kv_capacity_tokens")
 _IDLE_KEPT = slice(len(_IDLE_ZEROS), _STEP_FIELDS.index("token_budget") + 1)
@@ -201,7 +202,10 @@ class RunLog:
 
 
 def _batch(rows: list[tuple], schema: pa.Schema) -> pa.RecordBatch:
-    columns = zip(*rows, strict=True) if rows else ((),) * len(schema)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
+    # Columns appended to the schema after this writer's rows were laid out (issue 14's
+    # reject_reason, cached_prompt_tokens, ...): nulls.
+    columns += [(None,) * len(rows)] * (len(schema) - len(columns))
     arrays = []
     for field, values in zip(schema, columns, strict=True):
         if pa.types.is_floating(field.type):

@@ -37,6 +37,10 @@ class Tokenizer:
         self._encode = encode
         self._encode_batch = encode_batch
 
+    def encode(self, text: str) -> list:
+        """The token ids of ``text``."""
+        return list(self._encode(text))
+
     def count(self, text: str) -> int:
         """Number of tokens in ``text``; text over the encoder's size limits is an InputError."""
         try:
