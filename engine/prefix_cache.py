@@ -110,7 +110,8 @@ class PrefixCache:
         self.blocks: dict[tuple, list[int]] = {}  # key -> [holders, queue token (0: not in the queue)]
         self.queue: deque[list] = deque([[total_blocks, None, 0]])  # [count, key, token]; key None: plain
         self.live = total_blocks  # blocks in the queue not yet handed out (== the engine's free after sync)
-        self.held: dict[int, list[tuple]] = {}  # row -> keys of the cached blocks it holds, in order
+        # row -> per registered block, in order: its key, or None for a private copy of a cached block
+        self.held: dict[int, list[tuple | None]] = {}
         self.registered: dict[int, int] = {}  # row -> blocks examined for registration
         self._token = 0
         self.hit_blocks = 0  # blocks served from the cache, all admissions
@@ -182,19 +183,23 @@ class PrefixCache:
         self.hit_blocks += h
         return revived
 
-    def register(self, row: int, computed: int) -> None:
-        """``row`` has computed ``computed`` tokens: its full prompt blocks among them become cached."""
+    def register(self, row: int, computed: int, free: int) -> None:
+        """``row`` has computed ``computed`` tokens (the engine has ``free`` blocks): its full
+        prompt blocks among them become cached."""
         done = self.registered.get(row)
         if done is None:
             return
         full = min(computed // self.bs, self.keys[row][2])
         if full <= done:
             return
+        self.sync(free)  # a key evicted by this step's allocations is no longer cached
         blocks = self.blocks
         held = self.held[row]
         for b in range(done, full):
             key = self.key(row, b)
-            if key not in blocks:  # computed by another request meanwhile: this copy stays private
+            if key in blocks:  # computed by another request meanwhile: this copy stays private
+                held.append(None)
+            else:
                 blocks[key] = [1, 0]
                 held.append(key)
         self.registered[row] = full
@@ -204,7 +209,7 @@ class PrefixCache:
         become free (cached blocks other requests still hold stay in use)."""
         held = self.held.pop(row, None)
         self.registered.pop(row, None)
-        private = total - (len(held) if held else 0)
+        private = total - (len(held) if held else 0)  # the blocks after the registered ones
         queue = self.queue
         if private:
             queue.append([private, None, 0])
@@ -212,6 +217,10 @@ class PrefixCache:
         if held:
             blocks = self.blocks
             for key in reversed(held):  # tail first: the prompt's first block is evicted last
+                if key is None:  # a private copy of a cached block
+                    queue.append([1, None, 0])
+                    freed += 1
+                    continue
                 state = blocks[key]
                 state[0] -= 1
                 if state[0] == 0:

@@ -487,7 +487,7 @@ class Simulator:
             p = n + j
             start = int(a[COMPUTED, p])  # its cache hit
             if cache is not None:
-                cache.register(int(a[ROW, p]), start + chunks[j])
+                cache.register(int(a[ROW, p]), start + chunks[j], self.free)
             if not complete[j]:
                 a[COMPUTED, p] = start + chunks[j]
                 produced = None
@@ -594,7 +594,7 @@ class Simulator:
         if prefill_reqs and self._cache is not None:
             register = self._cache.register
             for r, c in zip(cols[ROW, prefill].tolist(), computed[prefill].tolist()):
-                register(r, c)
+                register(r, c, self.free)
         if prefill_reqs:
             first = prefill & (computed >= cols[PROMPT] + generated)
             if first.any():
@@ -777,20 +777,25 @@ class Simulator:
             req = self.policy.select(fits)
             if req is None:
                 break
-            resumed = req.admitted_s is not None
-            self.policy.admit(req, now, resumed)
             pending = req.pending
-            self.waiting_tokens -= pending
             hit = 0
             if self._cache is not None:
-                hit, n, need = self._take_cached(req, pending, budget)
+                planned = self._plan_cached(req, pending, budget)
+                if planned is None:  # its cached blocks and its chunk do not fit together: it waits
+                    break
+                hit, n, need = planned
+            else:
+                n = self._chunk(pending, budget)
+                need = _ceil_div(n, bs)
+            resumed = req.admitted_s is not None
+            self.policy.admit(req, now, resumed)
+            self.waiting_tokens -= pending
+            if self._cache is not None:
+                self.free -= self._cache.acquire(req.row, hit)
                 pending -= hit * bs
                 if not resumed:
                     req.cached_prompt_tokens = hit * bs
                 self._step_cached += hit * bs
-            else:
-                n = self._chunk(pending, budget)
-                need = _ceil_div(n, bs)
             self.free -= need
             req.status = "running"
             if not resumed:
@@ -803,10 +808,11 @@ class Simulator:
             budget -= n
         return tokens, complete
 
-    def _take_cached(self, req: Request, pending: int, budget: int) -> tuple[int, int, int]:
-        """The admitted ``req`` takes its cached leading blocks: (blocks hit, tokens it computes
-        this step, new blocks for them).  Cached blocks nobody holds count against the free ones;
-        when they and the chunk would not fit together, the request starts without the hit."""
+    def _plan_cached(self, req: Request, pending: int, budget: int) -> tuple[int, int, int] | None:
+        """What ``req`` would take from the prefix cache if admitted now: (blocks hit, tokens it
+        computes this step, new blocks for them); None when its cached blocks that nobody holds
+        (they count against the free ones) and its new ones do not fit together (vLLM's
+        ``allocate_slots`` fails, and the request waits)."""
         cache = self._cache
         bs = self.bs
         row = req.row
@@ -815,10 +821,7 @@ class Simulator:
         n = self._chunk(pending - h * bs, budget)
         need = _ceil_div(h * bs + n, bs) - h
         if h and cache.revived(row, h) + need > self.free:
-            h = 0
-            n = self._chunk(pending, budget)
-            need = _ceil_div(n, bs)
-        self.free -= cache.acquire(row, h)
+            return None
         return h, n, need
 
     def _prefix_lookup(self, req: Request) -> int:
