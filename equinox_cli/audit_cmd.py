@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from equinox_cli.common import (
+    check_output_file,
     console,
     err_console,
     user_errors,
@@ -51,6 +52,10 @@ def audit(
 
     if fmt not in ("table", "markdown", "json"):
         raise InputError(f"unknown format {fmt!r}; expected table, markdown or json", source="--format")
+    for option, path in (("--out", out), ("--html", html), ("--markdown", markdown), ("--json", json_out),
+                         ("--junit", junit)):  # fmt: skip
+        if path is not None:
+            check_output_file(path, option)
     rules = (load_policy(policy) if policy else Policy()).override(max_service_diff=max_discrepancy, min_jain=min_jain)
     if rules.max_regression_pct is not None and baseline is None:
         raise InputError("max_regression_pct needs --baseline DIR", source=str(policy))

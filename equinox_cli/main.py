@@ -56,3 +56,7 @@ def list_schedulers():
     for name, (_, text) in POLICIES.items():
         table.add_row(name, text)
     console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -9,6 +9,8 @@ import typer
 
 from equinox_cli.common import (
     WORKLOAD_HELP,
+    check_number,
+    check_output_dir,
     console,
     err_console,
     load,
@@ -28,7 +30,8 @@ def replay(
         ["fcfs,vtc"],
         "--scheduler",
         "-s",
-        help="Comma-separated schedulers: fcfs, vtc, lcf, vtc-predict, vtc-oracle[:P], rpm[:N].",
+        help="Comma-separated schedulers: fcfs, vtc, lcf, vtc-predict, vtc-oracle[:P], rpm[:N], equinox, "
+        "equinox-oracle (see `equinox schedulers`).",
     ),
     out: Path = typer.Option(
         Path("runs/latest"), "--out", "-o", help="Results directory; one sub-directory per scheduler."
@@ -146,6 +149,7 @@ def replay(
     from engine.replay import replay as run_replay
     from schedulers import ServiceWeights, run_name
 
+    _check_options(locals())
     try:
         knobs = EquinoxKnobs(
             alpha=alpha, beta=beta, gamma=gamma, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, delta=delta,
@@ -200,3 +204,26 @@ def replay(
     for run in runs:
         console.print(f"wrote {run}")
     console.print(f"next: equinox audit {out}")
+
+
+def _check_options(opts: dict) -> None:
+    """Engine sizes, service prices and Equinox knobs a replay can run with, and an --out that can be
+    a directory: one line and exit 2 before anything is loaded or written."""
+    for name in ("kv_capacity", "max_running", "max_batch_tokens"):
+        check_number(opts[name], "--" + name.replace("_", "-"), low=1, integer=True)
+    for name in ("w_p", "w_q", "alpha", "beta", "gamma", "delta"):
+        check_number(opts[name], "--" + name.replace("_", "-"), low=0)
+    if opts["w_p"] == 0 and opts["w_q"] == 0:
+        raise InputError("a request would cost nothing; give w_p or w_q a price > 0", source="--w-p/--w-q")
+    for name in ("ttft_slo", "tpot_slo", "time_scale", "rate"):
+        check_number(opts[name], "--" + name.replace("_", "-"), above=0)
+    check_number(opts["utilization_target"], "--utilization-target", above=0)
+    if opts["kv_capacity"] is not None and opts["engine"] == "simulator" and not opts["endpoint"]:
+        from engine.presets import get_preset
+
+        block = get_preset(opts["preset"]).block_size
+        if opts["kv_capacity"] < block:
+            raise InputError(
+                f"expected at least one KV block ({block} tokens), got {opts['kv_capacity']}", source="--kv-capacity"
+            )
+    check_output_dir(opts["out"], "--out")

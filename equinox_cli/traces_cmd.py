@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from equinox_cli.common import console, err_console, user_errors
+from equinox_cli.common import check_output_file, console, err_console, user_errors
 from traces.errors import InputError, TraceWarning
 
 app = typer.Typer(help="Load, convert and synthesise workloads (the canonical request table).", no_args_is_help=True)
@@ -69,12 +69,18 @@ def traces_list():
     console.print(table)
 
 
+def _check_out(out: Path) -> None:
+    """A .parquet file name that can be written, checked before any input is read."""
+    check_output_file(out, "--out")
+    if out.suffix != ".parquet":
+        raise InputError("the output must be a .parquet file", source=str(out))
+
+
 def _write_workload(table, out: Path) -> None:
     from engine.results import atomic_write_parquet
     from traces import workload_metadata
 
-    if out.suffix != ".parquet":
-        raise InputError("the output must be a .parquet file", source=str(out))
+    _check_out(out)
     atomic_write_parquet(table, out)
     clients = len(set(table.column("client_id").to_pylist()))
     console.print(f"wrote {out}: {table.num_rows} requests, {clients} clients", soft_wrap=True)
@@ -119,6 +125,7 @@ def traces_synth(
     """Generate one of VTC's synthetic workloads as a canonical Parquet file."""
     from traces import synthesize
 
+    _check_out(out)
     _write_workload(synthesize(name, seed=seed), out)
 
 
@@ -159,6 +166,7 @@ def traces_convert(
     CSV/JSONL/Parquet with --map) into the canonical Parquet workload."""
     options = dict(locals())
     paths, out = options.pop("paths"), options.pop("out")
+    _check_out(out)
     options["format"] = options.pop("fmt")
     _write_workload(_load(paths, **options), out)
 
@@ -193,6 +201,7 @@ def traces_sample(
     """A seeded random sample: conversations drawn in random order, arriving at --rate for --duration."""
     options = dict(locals())
     path, out = options.pop("path"), options.pop("out")
+    _check_out(out)
     options["format"] = options.pop("fmt")
     _write_workload(_load([path], shuffle=True, **options), out)
 
@@ -211,6 +220,8 @@ def traces_inspect(
     """Rows, clients, duration, rates, length percentiles, per-client counts and provenance."""
     from traces import plot_workload, summarize
 
+    if png is not None:
+        check_output_file(png, "--png")
     table = _load([path], format=fmt, mapping=mapping, tokenizer=tokenizer, turns=turns)
     summary = summarize(table)
     if png is not None:

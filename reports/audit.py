@@ -179,8 +179,9 @@ def _kind(t: pa.DataType) -> str | None:
     return None
 
 
-def _read_table(path: Path, schema: pa.Schema, columns) -> pd.DataFrame:
-    """Read ``columns`` of a Parquet file, checking that each has ``schema``'s type."""
+def _read_table(path: Path, schema: pa.Schema, columns, optional=()) -> pd.DataFrame:
+    """Read ``columns`` of a Parquet file, checking that each has ``schema``'s type, and those of
+    ``optional`` (name, type kind) that it has (newer runs write them; older ones lack them)."""
     if not path.is_file():
         raise InputError(f"missing file; expected {path.name} with columns {', '.join(columns)}", source=str(path))
     try:
@@ -193,7 +194,17 @@ def _read_table(path: Path, schema: pa.Schema, columns) -> pd.DataFrame:
             raise InputError(f"missing column {col!r} ({want})", source=str(path))
         if _kind(found.field(col).type) != _kind(want):
             raise InputError(f"column {col!r} is {found.field(col).type}; expected {want}", source=str(path))
-    return pq.read_table(path, columns=list(columns)).to_pandas()
+    extra = []
+    for col, kind in optional:
+        if col in found.names:
+            if _kind(found.field(col).type) != kind:
+                raise InputError(f"column {col!r} is {found.field(col).type}; expected {kind}", source=str(path))
+            extra.append(col)
+    try:
+        return pq.read_table(path, columns=[*columns, *extra]).to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        detail = " ".join(str(exc).split())
+        raise InputError(f"cannot read its data (damaged Parquet file?): {detail}", source=str(path)) from None
 
 
 # -- auditing -----------------------------------------------------------------------------
