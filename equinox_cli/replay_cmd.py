@@ -177,6 +177,7 @@ def replay(
         workload, clients=clients, client_dist=client_dist, rate=rate, arrival=arrival,
         time_scale=time_scale, seed=seed, fmt=fmt, tokenizer=tokenizer,
     )  # fmt: skip
+    _warn_foreign_runs(out, table, [run_name(spec) for spec in specs])
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     if engine != "simulator" or endpoint:
         from equinox_cli.serve_cmd import replay_real
@@ -227,3 +228,34 @@ def _check_options(opts: dict) -> None:
                 f"expected at least one KV block ({block} tokens), got {opts['kv_capacity']}", source="--kv-capacity"
             )
     check_output_dir(opts["out"], "--out")
+
+
+def _warn_foreign_runs(out: Path, table, names: list[str]) -> None:
+    """Say so when --out already holds runs of another workload (ones this replay does not replace):
+    the audit of --out would refuse to put them side by side."""
+    import json
+
+    from engine.replay import fingerprint
+    from reports.audit import find_runs, workload_of
+
+    if not out.is_dir():
+        return
+    mine = fingerprint(table)
+    foreign = []
+    for run in find_runs(out):
+        if run.parent.resolve() == out.resolve() and run.name in names:
+            continue  # this replay replaces it
+        try:
+            name, fp = workload_of(json.loads((run / "run.json").read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if fp is not None and fp != mine:
+            foreign.append(f"{run.relative_to(out).as_posix() or '.'} ({name}, fingerprint {fp})")
+    if foreign:
+        err_console.print(
+            f"[yellow]warning:[/] {out} already holds runs of another workload: {', '.join(foreign)} "
+            f"(this one's fingerprint is {mine}); `equinox audit {out}` will refuse to mix them unless "
+            "--allow-mixed, so use another --out or audit the runs by directory",
+            highlight=False,
+            soft_wrap=True,
+        )
