@@ -14,6 +14,7 @@ from equinox_cli.common import (
     console,
     err_console,
     load,
+    progress_display,
     split_list,
     user_errors,
 )
@@ -138,13 +139,7 @@ def replay(
 
     Writes OUT/<scheduler>/requests.parquet, steps.parquet and run.json (OUT/endpoint/ for --endpoint).
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from engine.replay import replay as run_replay
     from schedulers import ServiceWeights, run_name
@@ -182,7 +177,7 @@ def replay(
     if engine != "simulator" or endpoint:
         from equinox_cli.serve_cmd import replay_real
 
-        with Progress(*columns, console=err_console, transient=False) as progress:
+        with progress_display(*columns) as progress:
             runs = replay_real(
                 table, specs, out, engine=engine, endpoint=endpoint, model=model, workload_name=workload, seed=seed,
                 service=ServiceWeights(w_p, w_q), knobs=knobs, predictors=predictors, kv_capacity=kv_capacity,
@@ -194,7 +189,7 @@ def replay(
             console.print(f"wrote {run}")
         console.print(f"next: equinox audit {out}")
         return
-    with Progress(*columns, console=err_console, transient=False) as progress:
+    with progress_display(*columns) as progress:
         runs = run_replay(
             table, specs, out, workload_name=workload, preset=preset, seed=seed,
             service=ServiceWeights(w_p, w_q), equinox=knobs, predictors=bundle, progress=progress,

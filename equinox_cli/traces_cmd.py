@@ -57,7 +57,7 @@ OUT = typer.Option(..., "--out", "-o", help="Output .parquet file.")
 
 @app.command("list")
 def traces_list():
-    """The synthetic workloads (ALGORITHMS.md section 6) and bundled traces."""
+    """The synthetic workloads (docs/DESIGN.md, Workloads) and bundled traces."""
     from rich.table import Table
 
     from traces import SYNTHETIC_WORKLOADS
@@ -118,7 +118,7 @@ def _load(paths: List[str], **options):
 @app.command("synth")
 @user_errors
 def traces_synth(
-    name: str = typer.Argument(..., help="A workload of ALGORITHMS.md section 6, e.g. overload."),
+    name: str = typer.Argument(..., help="A synthetic workload (`equinox traces list`), e.g. overload."),
     out: Path = OUT,
     seed: int = typer.Option(42, help="Seed for arrival phases and Poisson gaps."),
 ):
@@ -237,13 +237,18 @@ def traces_inspect(
 def _print_summary(s: dict) -> None:
     from rich.table import Table
 
+    conversations = f"{s['conversations']:,} conversations" if s["conversations"] else "no conversation ids"
     line = (
-        f"{s['rows']:,} requests, {s['clients']} clients, {s['conversations']:,} conversations over "
+        f"{s['rows']:,} requests, {s['clients']} clients ({conversations}) over "
         f"{s['duration_s']:,.1f} s: {s['mean_rate']:.3g} req/s mean, "
         f"{s['peak_rate']:.3g} req/s in the busiest {s['peak_window_s']:g} s"
     )
     if s["with_prefix_hashes"]:
-        line += f"; {s['with_prefix_hashes']:,} with prefix hashes"
+        blocks = s["prefix_blocks"]
+        line += (
+            f"; {s['with_prefix_hashes']:,} with prefix hashes: {blocks['total']:,} blocks, "
+            f"{blocks['distinct']:,} distinct, {blocks['repeated_fraction']:.0%} repeat an earlier block"
+        )
     console.print(line, soft_wrap=True)
     lengths = Table("tokens", "mean", "p50", "p90", "p99", "max")
     for name, stats in s["lengths"].items():

@@ -240,7 +240,13 @@ def workload_of(config: dict) -> tuple[str | None, str | None]:
 
 def check_one_workload(runs: list[Run]) -> None:
     """An InputError naming the runs and their workloads when the runs replayed different workloads
-    (by fingerprint where run.json has one, else by name; runs that record neither are not compared)."""
+    (by fingerprint where run.json has one, else by name; runs that record neither are not compared).
+
+    A sweep's cells are the exception: there every run's name is a path (``overload/seed-1/default/vtc``)
+    that says which cell, and so which workload and seed, it belongs to.  Runs named by their last
+    directory alone (``fcfs``, ``vtc``) would show different workloads as if they were one."""
+    if len(runs) > 1 and all("/" in run.name for run in runs):
+        return
     groups: dict[str, list[str]] = {}
     labels: dict[str, str] = {}
     for run in runs:

@@ -235,16 +235,21 @@ def _last_at(times: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndar
     return np.where(k >= 0, values[np.maximum(k, 0)], np.nan)
 
 
+def counter_clients(counters, most: int = COUNTER_LINES) -> list[str]:
+    """The clients the counter figure draws one by one: all of them up to ``most``, else the
+    ``most // 2`` with the lowest final UFC and the rest of ``most`` with the highest (lowest first)."""
+    final = counters.sort_values("time_s", kind="stable").groupby("client_id", sort=True)["ufc"].last()
+    named = [str(c) for c in final.sort_values(kind="stable").index]
+    return named if len(named) <= most else named[: most // 2] + named[-(most - most // 2) :]
+
+
 def _counters(key: str, summary: dict, counters, colours: dict) -> Plot:
     fig = Figure(figsize=(10, 3.9), layout="constrained")
     axes = fig.subplots(1, 3)
     ordered = counters.sort_values("time_s", kind="stable")
     grid = np.linspace(ordered["time_s"].min(), ordered["time_s"].max(), 300) if len(ordered) else np.empty(0)
     by_client = dict(tuple(ordered.groupby("client_id", sort=True)))
-    final = {c: rows["ufc"].to_numpy()[-1] for c, rows in by_client.items()}
-    named = sorted(final, key=final.get)
-    if len(named) > COUNTER_LINES:  # the lowest and highest final UFC, the rest as a min-max band
-        named = named[: COUNTER_LINES // 2] + named[-(COUNTER_LINES - COUNTER_LINES // 2) :]
+    named = counter_clients(ordered)
     for ax, column in zip(axes, COUNTER_TITLES):
         curves = {
             c: _last_at(rows["time_s"].to_numpy(), rows[column].to_numpy(np.float64, na_value=np.nan), grid)

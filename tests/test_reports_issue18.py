@@ -165,3 +165,14 @@ def test_per_client_tables_fit_80_columns_without_truncation(tmp_path):
     assert "…" not in text
     assert "Per client (1/2)" in text and "Per client (2/2)" in text
     assert text.count("│ tenant-11 │") == 2  # each part repeats the run and client columns
+
+
+def test_sweep_cells_named_by_their_paths_may_hold_different_workloads(tmp_path):
+    write_run(tmp_path / "s" / "overload" / "seed-1" / "vtc", workload={"name": "overload", "fingerprint": "aa"})
+    write_run(tmp_path / "s" / "on-off-less" / "seed-1" / "vtc", workload={"name": "on-off-less", "fingerprint": "bb"})
+    names = [r["name"] for r in audit([tmp_path / "s"]).runs]
+    assert names == ["on-off-less/seed-1/vtc", "overload/seed-1/vtc"]
+    # a run named by its last directory alone ("fcfs") hides which workload it replayed: refused
+    write_run(tmp_path / "t" / "fcfs", workload={"name": "overload", "fingerprint": "aa"})
+    with pytest.raises(InputError, match="different workloads"):
+        audit([tmp_path / "t" / "fcfs", tmp_path / "s" / "on-off-less" / "seed-1" / "vtc"])
