@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from equinox_cli.common import (
+    check_output_file,
     console,
     err_console,
     user_errors,
@@ -41,6 +42,15 @@ def audit(
     min_jain: Optional[float] = typer.Option(
         None, help="Fail (exit 1) when a run's Jain's index is below this; overrides the policy's min_jain."
     ),
+    allow_mixed: bool = typer.Option(
+        False, "--allow-mixed", help="Audit runs of different workloads side by side (refused by default)."
+    ),
+    vtc_windows: bool = typer.Option(
+        False,
+        "--vtc-windows",
+        help="Place the windowed difference's 19 centres as the VTC artifact's revision tables do "
+        "(over [30 s, 600 s]) instead of over [30 s, last served arrival].",
+    ),
 ):
     """Fairness and latency per run, side by side; exits 1 when a check fails, 2 on bad input."""
     from engine.results import atomic_write_text
@@ -51,10 +61,14 @@ def audit(
 
     if fmt not in ("table", "markdown", "json"):
         raise InputError(f"unknown format {fmt!r}; expected table, markdown or json", source="--format")
+    for option, path in (("--out", out), ("--html", html), ("--markdown", markdown), ("--json", json_out),
+                         ("--junit", junit)):  # fmt: skip
+        if path is not None:
+            check_output_file(path, option)
     rules = (load_policy(policy) if policy else Policy()).override(max_service_diff=max_discrepancy, min_jain=min_jain)
     if rules.max_regression_pct is not None and baseline is None:
         raise InputError("max_regression_pct needs --baseline DIR", source=str(policy))
-    result = run_audit(runs, baseline=baseline)
+    result = run_audit(runs, baseline=baseline, allow_mixed=allow_mixed, vtc_windows=vtc_windows)
     checks = evaluate(result.runs, rules)
 
     if fmt == "table":

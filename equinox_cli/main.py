@@ -19,6 +19,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("equinox-fair")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        console.print(f"equinox {version}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
+    """Replay multi-tenant LLM workloads under fair schedulers and audit who got served."""
+
+
 app.command("replay")(replay_cmd.replay)
 app.command("audit")(audit_cmd.audit)
 app.command("sweep")(sweep_cmd.sweep)
@@ -56,3 +79,7 @@ def list_schedulers():
     for name, (_, text) in POLICIES.items():
         table.add_row(name, text)
     console.print(table)
+
+
+if __name__ == "__main__":
+    app()

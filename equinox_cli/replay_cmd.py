@@ -9,9 +9,12 @@ import typer
 
 from equinox_cli.common import (
     WORKLOAD_HELP,
+    check_number,
+    check_output_dir,
     console,
     err_console,
     load,
+    progress_display,
     split_list,
     user_errors,
 )
@@ -28,7 +31,8 @@ def replay(
         ["fcfs,vtc"],
         "--scheduler",
         "-s",
-        help="Comma-separated schedulers: fcfs, vtc, lcf, vtc-predict, vtc-oracle[:P], rpm[:N].",
+        help="Comma-separated schedulers: fcfs, vtc, lcf, vtc-predict, vtc-oracle[:P], rpm[:N], equinox, "
+        "equinox-oracle (see `equinox schedulers`).",
     ),
     out: Path = typer.Option(
         Path("runs/latest"), "--out", "-o", help="Results directory; one sub-directory per scheduler."
@@ -135,17 +139,12 @@ def replay(
 
     Writes OUT/<scheduler>/requests.parquet, steps.parquet and run.json (OUT/endpoint/ for --endpoint).
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from engine.replay import replay as run_replay
     from schedulers import ServiceWeights, run_name
 
+    _check_options(locals())
     try:
         knobs = EquinoxKnobs(
             alpha=alpha, beta=beta, gamma=gamma, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, delta=delta,
@@ -173,11 +172,12 @@ def replay(
         workload, clients=clients, client_dist=client_dist, rate=rate, arrival=arrival,
         time_scale=time_scale, seed=seed, fmt=fmt, tokenizer=tokenizer,
     )  # fmt: skip
+    _warn_foreign_runs(out, table, [run_name(spec) for spec in specs])
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     if engine != "simulator" or endpoint:
         from equinox_cli.serve_cmd import replay_real
 
-        with Progress(*columns, console=err_console, transient=False) as progress:
+        with progress_display(*columns) as progress:
             runs = replay_real(
                 table, specs, out, engine=engine, endpoint=endpoint, model=model, workload_name=workload, seed=seed,
                 service=ServiceWeights(w_p, w_q), knobs=knobs, predictors=predictors, kv_capacity=kv_capacity,
@@ -189,7 +189,7 @@ def replay(
             console.print(f"wrote {run}")
         console.print(f"next: equinox audit {out}")
         return
-    with Progress(*columns, console=err_console, transient=False) as progress:
+    with progress_display(*columns) as progress:
         runs = run_replay(
             table, specs, out, workload_name=workload, preset=preset, seed=seed,
             service=ServiceWeights(w_p, w_q), equinox=knobs, predictors=bundle, progress=progress,
@@ -200,3 +200,57 @@ def replay(
     for run in runs:
         console.print(f"wrote {run}")
     console.print(f"next: equinox audit {out}")
+
+
+def _check_options(opts: dict) -> None:
+    """Engine sizes, service prices and Equinox knobs a replay can run with, and an --out that can be
+    a directory: one line and exit 2 before anything is loaded or written."""
+    for name in ("kv_capacity", "max_running", "max_batch_tokens"):
+        check_number(opts[name], "--" + name.replace("_", "-"), low=1, integer=True)
+    for name in ("w_p", "w_q", "alpha", "beta", "gamma", "delta"):
+        check_number(opts[name], "--" + name.replace("_", "-"), low=0)
+    if opts["w_p"] == 0 and opts["w_q"] == 0:
+        raise InputError("a request would cost nothing; give w_p or w_q a price > 0", source="--w-p/--w-q")
+    for name in ("ttft_slo", "tpot_slo", "time_scale", "rate"):
+        check_number(opts[name], "--" + name.replace("_", "-"), above=0)
+    check_number(opts["utilization_target"], "--utilization-target", above=0)
+    if opts["kv_capacity"] is not None and opts["engine"] == "simulator" and not opts["endpoint"]:
+        from engine.presets import get_preset
+
+        block = get_preset(opts["preset"]).block_size
+        if opts["kv_capacity"] < block:
+            raise InputError(
+                f"expected at least one KV block ({block} tokens), got {opts['kv_capacity']}", source="--kv-capacity"
+            )
+    check_output_dir(opts["out"], "--out")
+
+
+def _warn_foreign_runs(out: Path, table, names: list[str]) -> None:
+    """Say so when --out already holds runs of another workload (ones this replay does not replace):
+    the audit of --out would refuse to put them side by side."""
+    import json
+
+    from engine.replay import fingerprint
+    from reports.audit import find_runs, workload_of
+
+    if not out.is_dir():
+        return
+    mine = fingerprint(table)
+    foreign = []
+    for run in find_runs(out):
+        if run.parent.resolve() == out.resolve() and run.name in names:
+            continue  # this replay replaces it
+        try:
+            name, fp = workload_of(json.loads((run / "run.json").read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if fp is not None and fp != mine:
+            foreign.append(f"{run.relative_to(out).as_posix() or '.'} ({name}, fingerprint {fp})")
+    if foreign:
+        err_console.print(
+            f"[yellow]warning:[/] {out} already holds runs of another workload: {', '.join(foreign)} "
+            f"(this one's fingerprint is {mine}); `equinox audit {out}` will refuse to mix them unless "
+            "--allow-mixed, so use another --out or audit the runs by directory",
+            highlight=False,
+            soft_wrap=True,
+        )

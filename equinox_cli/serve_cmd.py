@@ -77,6 +77,8 @@ def serve(
     from serving.replay_vllm import require_vllm
     from serving.server import serve as run_server
 
+    if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():  # a path, not a hub name
+        raise InputError("no such model directory", source=f"--model {model}")
     require_vllm()
     if predictors is not None and not predictors.exists():
         raise InputError("no such bundle", source=str(predictors))

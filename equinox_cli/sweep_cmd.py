@@ -125,12 +125,13 @@ def _clear_foreign_runs(out: Path, cells, clean: bool) -> None:
 
 def _run(cells, out: Path, **options):
     """Run the sweep behind a progress bar that advances as cells finish."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from engine.sweep import run_sweep
+    from equinox_cli.common import progress_display
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=err_console) as progress:
+    with progress_display(*columns) as progress:
         task = progress.add_task(f"sweep ({options['backend']})", total=len(cells))
         return run_sweep(cells, out, on_done=lambda result: progress.advance(task), **options)
 

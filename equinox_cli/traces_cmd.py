@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from equinox_cli.common import console, err_console, user_errors
+from equinox_cli.common import check_output_file, console, err_console, user_errors
 from traces.errors import InputError, TraceWarning
 
 app = typer.Typer(help="Load, convert and synthesise workloads (the canonical request table).", no_args_is_help=True)
@@ -57,7 +57,7 @@ OUT = typer.Option(..., "--out", "-o", help="Output .parquet file.")
 
 @app.command("list")
 def traces_list():
-    """The synthetic workloads (ALGORITHMS.md section 6) and bundled traces."""
+    """The synthetic workloads (docs/DESIGN.md, Workloads) and bundled traces."""
     from rich.table import Table
 
     from traces import SYNTHETIC_WORKLOADS
@@ -69,12 +69,18 @@ def traces_list():
     console.print(table)
 
 
+def _check_out(out: Path) -> None:
+    """A .parquet file name that can be written, checked before any input is read."""
+    check_output_file(out, "--out")
+    if out.suffix != ".parquet":
+        raise InputError("the output must be a .parquet file", source=str(out))
+
+
 def _write_workload(table, out: Path) -> None:
     from engine.results import atomic_write_parquet
     from traces import workload_metadata
 
-    if out.suffix != ".parquet":
-        raise InputError("the output must be a .parquet file", source=str(out))
+    _check_out(out)
     atomic_write_parquet(table, out)
     clients = len(set(table.column("client_id").to_pylist()))
     console.print(f"wrote {out}: {table.num_rows} requests, {clients} clients", soft_wrap=True)
@@ -112,13 +118,14 @@ def _load(paths: List[str], **options):
 @app.command("synth")
 @user_errors
 def traces_synth(
-    name: str = typer.Argument(..., help="A workload of ALGORITHMS.md section 6, e.g. overload."),
+    name: str = typer.Argument(..., help="A synthetic workload (`equinox traces list`), e.g. overload."),
     out: Path = OUT,
     seed: int = typer.Option(42, help="Seed for arrival phases and Poisson gaps."),
 ):
     """Generate one of VTC's synthetic workloads as a canonical Parquet file."""
     from traces import synthesize
 
+    _check_out(out)
     _write_workload(synthesize(name, seed=seed), out)
 
 
@@ -159,6 +166,7 @@ def traces_convert(
     CSV/JSONL/Parquet with --map) into the canonical Parquet workload."""
     options = dict(locals())
     paths, out = options.pop("paths"), options.pop("out")
+    _check_out(out)
     options["format"] = options.pop("fmt")
     _write_workload(_load(paths, **options), out)
 
@@ -193,6 +201,7 @@ def traces_sample(
     """A seeded random sample: conversations drawn in random order, arriving at --rate for --duration."""
     options = dict(locals())
     path, out = options.pop("path"), options.pop("out")
+    _check_out(out)
     options["format"] = options.pop("fmt")
     _write_workload(_load([path], shuffle=True, **options), out)
 
@@ -211,6 +220,8 @@ def traces_inspect(
     """Rows, clients, duration, rates, length percentiles, per-client counts and provenance."""
     from traces import plot_workload, summarize
 
+    if png is not None:
+        check_output_file(png, "--png")
     table = _load([path], format=fmt, mapping=mapping, tokenizer=tokenizer, turns=turns)
     summary = summarize(table)
     if png is not None:
@@ -226,13 +237,18 @@ def traces_inspect(
 def _print_summary(s: dict) -> None:
     from rich.table import Table
 
+    conversations = f"{s['conversations']:,} conversations" if s["conversations"] else "no conversation ids"
     line = (
-        f"{s['rows']:,} requests, {s['clients']} clients, {s['conversations']:,} conversations over "
+        f"{s['rows']:,} requests, {s['clients']} clients ({conversations}) over "
         f"{s['duration_s']:,.1f} s: {s['mean_rate']:.3g} req/s mean, "
         f"{s['peak_rate']:.3g} req/s in the busiest {s['peak_window_s']:g} s"
     )
     if s["with_prefix_hashes"]:
-        line += f"; {s['with_prefix_hashes']:,} with prefix hashes"
+        blocks = s["prefix_blocks"]
+        line += (
+            f"; {s['with_prefix_hashes']:,} with prefix hashes: {blocks['total']:,} blocks, "
+            f"{blocks['distinct']:,} distinct, {blocks['repeated_fraction']:.0%} repeat an earlier block"
+        )
     console.print(line, soft_wrap=True)
     lengths = Table("tokens", "mean", "p50", "p90", "p99", "max")
     for name, stats in s["lengths"].items():

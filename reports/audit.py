@@ -64,6 +64,8 @@ REQUEST_COLUMNS = (
     "generated_tokens",
     "preemptions",
 )
+# Columns newer engines write (older runs lack them; the audit reports what it cannot compute as None).
+OPTIONAL_REQUEST_COLUMNS = (("reject_reason", "str"), ("cached_prompt_tokens", "int"), ("engine_seconds", "float"))
 STEP_COLUMNS = ("duration_s", "busy", "flops")
 RUN_FILES = (REQUESTS_FILE, STEPS_FILE, RUN_FILE)
 GRID_STEP_S = 0.25  # finest grid spacing for the accumulated-service metrics
@@ -142,7 +144,7 @@ def _names(dirs: list[Path]) -> list[str]:
 
 def _load_run(name: str, path: Path) -> Run:
     config = _read_config(path / RUN_FILE)
-    requests = _read_table(path / REQUESTS_FILE, REQUEST_SCHEMA, REQUEST_COLUMNS)
+    requests = _read_table(path / REQUESTS_FILE, REQUEST_SCHEMA, REQUEST_COLUMNS, OPTIONAL_REQUEST_COLUMNS)
     if requests.empty:
         raise InputError("expected at least one request", source=str(path / REQUESTS_FILE))
     steps = _read_table(path / STEPS_FILE, STEP_SCHEMA, STEP_COLUMNS)
@@ -179,8 +181,9 @@ def _kind(t: pa.DataType) -> str | None:
     return None
 
 
-def _read_table(path: Path, schema: pa.Schema, columns) -> pd.DataFrame:
-    """Read ``columns`` of a Parquet file, checking that each has ``schema``'s type."""
+def _read_table(path: Path, schema: pa.Schema, columns, optional=()) -> pd.DataFrame:
+    """Read ``columns`` of a Parquet file, checking that each has ``schema``'s type, and those of
+    ``optional`` (name, type kind) that it has (newer runs write them; older ones lack them)."""
     if not path.is_file():
         raise InputError(f"missing file; expected {path.name} with columns {', '.join(columns)}", source=str(path))
     try:
@@ -193,32 +196,85 @@ def _read_table(path: Path, schema: pa.Schema, columns) -> pd.DataFrame:
             raise InputError(f"missing column {col!r} ({want})", source=str(path))
         if _kind(found.field(col).type) != _kind(want):
             raise InputError(f"column {col!r} is {found.field(col).type}; expected {want}", source=str(path))
-    return pq.read_table(path, columns=list(columns)).to_pandas()
+    extra = []
+    for col, kind in optional:
+        if col in found.names:
+            if _kind(found.field(col).type) != kind:
+                raise InputError(f"column {col!r} is {found.field(col).type}; expected {kind}", source=str(path))
+            extra.append(col)
+    try:
+        return pq.read_table(path, columns=[*columns, *extra]).to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        detail = " ".join(str(exc).split())
+        raise InputError(f"cannot read its data (damaged Parquet file?): {detail}", source=str(path)) from None
 
 
 # -- auditing -----------------------------------------------------------------------------
 
 
-def audit(paths, baseline=None) -> AuditResult:
+def audit(paths, baseline=None, *, allow_mixed: bool = False, vtc_windows: bool = False) -> AuditResult:
     """Load and audit every run under ``paths``; with ``baseline`` (a run or replay directory),
-    each summary gets a ``baseline`` entry with its deltas (:func:`reports.compare.against`)."""
-    base = audit([baseline]).runs if baseline is not None else None
-    summaries, series = zip(*(audit_run(run) for run in load_runs(paths)))
+    each summary gets a ``baseline`` entry with its deltas (:func:`reports.compare.against`).
+
+    Runs of different workloads (their fingerprints differ) are refused unless ``allow_mixed``:
+    side by side they would compare schedulers on different demands.  ``vtc_windows`` places the
+    windowed difference's centres as the VTC artifact's revision tables do (T = 600 s)."""
+    base = audit([baseline], allow_mixed=True, vtc_windows=vtc_windows).runs if baseline is not None else None
+    runs = load_runs(paths)
+    if not allow_mixed:
+        check_one_workload(runs)
+    summaries, series = zip(*(audit_run(run, vtc_windows=vtc_windows) for run in runs))
     if base is not None:
         for summary in summaries:
             summary["baseline"] = compare.against(summary, base)
     return AuditResult(runs=list(summaries), series=list(series))
 
 
-def audit_run(run: Run) -> tuple[dict, dict]:
+def workload_of(config: dict) -> tuple[str | None, str | None]:
+    """(name, fingerprint) of the workload a run replayed, as its run.json records them (None if not)."""
+    workload = config.get("workload")
+    if isinstance(workload, dict):
+        return workload.get("name"), workload.get("fingerprint")
+    return (str(workload) if workload is not None else None), None
+
+
+def check_one_workload(runs: list[Run]) -> None:
+    """An InputError naming the runs and their workloads when the runs replayed different workloads
+    (by fingerprint where run.json has one, else by name; runs that record neither are not compared).
+
+    A sweep's cells are the exception: there every run's name is a path (``overload/seed-1/default/vtc``)
+    that says which cell, and so which workload and seed, it belongs to.  Runs named by their last
+    directory alone (``fcfs``, ``vtc``) would show different workloads as if they were one."""
+    if len(runs) > 1 and all("/" in run.name for run in runs):
+        return
+    groups: dict[str, list[str]] = {}
+    labels: dict[str, str] = {}
+    for run in runs:
+        name, fp = workload_of(run.config)
+        key = fp or name
+        if key is None:
+            continue
+        groups.setdefault(key, []).append(run.name)
+        labels[key] = f"{name or 'workload'} (fingerprint {fp})" if fp else f"{name} (no fingerprint)"
+    if len(groups) > 1:
+        parts = "; ".join(f"{', '.join(names)}: {labels[key]}" for key, names in groups.items())
+        raise InputError(
+            f"the runs replayed different workloads, {parts}; audit each workload on its own, or pass --allow-mixed",
+            source="audit",
+        )
+
+
+def audit_run(run: Run, *, vtc_windows: bool = False) -> tuple[dict, dict]:
     """Every metric of one run, JSON-serialisable, with a per-client breakdown; and the figures' series."""
     req, config = run.requests, run.config
     engine = config["engine"]
     prices = config.get("service_weights") or {}
     w_p, w_q = float(prices.get("w_p", 1.0)), float(prices.get("w_q", 2.0))
-    fairness, backlogged, series = _fairness(req, w_p, w_q)
+    fairness, backlogged, series = _fairness(req, w_p, w_q, vtc_windows)
     lat = m.latencies(req)
     latency = m.latency_stats(lat)
+    mean_ttft = lat.groupby("client_id", sort=True)["ttft"].mean().dropna()
+    fairness["jain_ttft"] = m.jain_index(mean_ttft) if len(mean_ttft) else None
     demanded, received = m.demanded_service(req, w_p, w_q), m.total_service(req, w_p, w_q)
     starving = m.starvation(req)
     summary = {
@@ -227,13 +283,16 @@ def audit_run(run: Run) -> tuple[dict, dict]:
         "scheduler": config.get("scheduler"),
         "workload": config.get("workload"),
         "seed": config.get("seed"),
+        "workload_fingerprint": workload_of(config)[1],
         "service_weights": {"w_p": w_p, "w_q": w_q},
         "requests": {
             "total": len(req),
             "finished": int((req["status"] == "finished").sum()),
             "rejected": int((req["status"] == "rejected").sum()),
+            "rejected_by_reason": _reasons(req),
             "preemptions": int(req["preemptions"].sum()),
         },
+        "prefix_cache": _prefix_cache(req),
         "throughput": m.throughput(req),
         "utilization": m.utilization(run.steps, engine.get("peak_flops")),
         "latency": latency["overall"],
@@ -246,6 +305,7 @@ def audit_run(run: Run) -> tuple[dict, dict]:
         "fairness": fairness,
         "bound": _bound(req, engine["kv_capacity_tokens"], w_p, w_q, fairness),
         "clients": _clients(req, demanded, received, starving, backlogged, latency["per_client"]),
+        "notes": _notes(req),
     }
     series |= _plot_series(req, w_p, w_q, lat, run.counters)
     return _jsonable(summary), series
@@ -260,32 +320,48 @@ def fairness_grid(req: pd.DataFrame) -> np.ndarray:
     return np.linspace(start, end, int(np.ceil((end - start) / step)) + 1)
 
 
+ARTIFACT_HORIZON_S = 600.0  # the VTC artifact's revision tables: window centres over [30 s, 600 s]
+
+
 def _horizon(req: pd.DataFrame) -> float:
     """The artifact's T: the last arrival of a served request, floored to a second."""
     arrivals = req.loc[req["status"] == "finished", "arrival_s"]
     return float(math.floor(arrivals.max())) if len(arrivals) else 0.0
 
 
-def _fairness(req: pd.DataFrame, w_p: float, w_q: float) -> tuple[dict, pd.DataFrame, dict]:
+def _fairness(req: pd.DataFrame, w_p: float, w_q: float, vtc_windows: bool = False) -> tuple[dict, pd.DataFrame, dict]:
     """Fairness metrics; each client's backlogged seconds, service and rate; the difference series."""
     grid = fairness_grid(req)
     curves, backlog = m.service_curves(req, grid, w_p, w_q), m.backlogged(req, grid)
     acc = m.accumulated_service_difference(curves, backlog)
     pair_max, pair = m.pair_service_difference(curves, backlog)
     per_client = m.backlogged_service(curves, backlog)
-    ticks = m.artifact_ticks(_horizon(req))
+    seconds = m.request_engine_seconds(req)
+    if seconds is not None:
+        resource = m.backlogged_service(m.service_curves(req, grid, values=seconds), backlog)
+        per_client["engine_rate"] = resource["rate"]
+    horizon = ARTIFACT_HORIZON_S if vtc_windows else _horizon(req)
+    ticks = m.artifact_ticks(horizon)
     rates = m.service_rate(req, ticks, w_p=w_p, w_q=w_q), m.demand_rate(req, ticks, w_p=w_p, w_q=w_q)
     window = m.windowed_difference(*rates)
     at = np.r_[m.WARMUP_S, ticks]
     acc_at_ticks = m.accumulated_service_difference(m.service_curves(req, at, w_p, w_q), m.backlogged(req, at))
     fairness = {
         "jain": m.jain_index(per_client["rate"].dropna()),
+        "jain_ttft": None,  # filled in by audit_run from the latencies
+        "jain_resource": m.jain_index(per_client["engine_rate"].dropna()) if seconds is not None else None,
         "jain_total_service": m.jain_index(m.total_service(req, w_p, w_q)),
         "acc_service_diff_max": float(acc.max()),
         "acc_service_diff_mean": float(acc.mean()),
         "pair_service_diff_max": pair_max,
         "pair_service_diff_clients": pair,
-        "windowed_diff": {"max": window.max(), "mean": window.mean(), "var": window.var(ddof=0)},
+        "windowed_diff": {
+            "max": window.max(),
+            "mean": window.mean(),
+            "var": window.var(ddof=0),
+            "placement": "vtc-artifact" if vtc_windows else "last-arrival",
+            "horizon_s": horizon,
+        },
         "series": {
             "t": ticks,
             "windowed_diff": window.to_numpy(),
@@ -332,8 +408,15 @@ def _starvation(per_client: pd.DataFrame) -> dict:
 
 
 def _bound(req: pd.DataFrame, kv_capacity: float, w_p: float, w_q: float, fairness: dict) -> dict:
-    """The VTC bound for this workload and engine, and whether the run stayed within it."""
-    max_prompt, min_weight = int(req["prompt_tokens"].max()), float(req["weight"].min())
+    """The VTC bound for this workload and engine over the requests that were served (a rejected
+    prompt never occupied the engine, so it cannot widen the bound), and whether the run stayed within it.
+    No request served: no bound (None), and nothing held or failed."""
+    served = req[req["status"] == "finished"]
+    excluded = len(req) - len(served)
+    if served.empty:
+        return {"value": None, "max_prompt_tokens": None, "kv_capacity_tokens": kv_capacity, "min_weight": None,
+                "held": None, "acc_service_diff_held": None, "excluded_requests": excluded}  # fmt: skip
+    max_prompt, min_weight = int(served["prompt_tokens"].max()), float(served["weight"].min())
     value = m.vtc_bound(max_prompt, kv_capacity, w_p, w_q, min_weight)
     return {
         "value": value,
@@ -342,7 +425,40 @@ def _bound(req: pd.DataFrame, kv_capacity: float, w_p: float, w_q: float, fairne
         "min_weight": min_weight,
         "held": fairness["pair_service_diff_max"] <= value,
         "acc_service_diff_held": fairness["acc_service_diff_max"] <= value,
+        "excluded_requests": excluded,
     }
+
+
+def _reasons(req: pd.DataFrame, rejected=None) -> dict:
+    """Rejected requests per reason (``reject_reason``; "unrecorded" where a run does not say why)."""
+    rejected = req["status"] == "rejected" if rejected is None else rejected
+    if "reject_reason" not in req:
+        return {"unrecorded": int(rejected.sum())} if rejected.any() else {}
+    reasons = req.loc[rejected, "reject_reason"].fillna("unrecorded")
+    return {str(k): int(v) for k, v in reasons.value_counts().sort_index().items()}
+
+
+def _prefix_cache(req: pd.DataFrame) -> dict | None:
+    """Prompt tokens served from the prefix cache over the prompt tokens of the served requests;
+    None when the run has no ``cached_prompt_tokens`` column."""
+    if "cached_prompt_tokens" not in req:
+        return None
+    served = req[req["status"] == "finished"]
+    cached = float(served["cached_prompt_tokens"].fillna(0).sum())
+    prompt = float(served["prompt_tokens"].sum())
+    return {"cached_tokens": cached, "prompt_tokens": prompt, "hit_rate": _ratio(cached, prompt)}
+
+
+def _notes(req: pd.DataFrame) -> list[str]:
+    """What this run's files do not let the audit compute."""
+    notes = []
+    if m.request_engine_seconds(req) is None:
+        notes.append("jain_resource: requests.parquet has no engine_seconds (an older run, or an engine without it)")
+    if "cached_prompt_tokens" not in req:
+        notes.append("prefix_cache: requests.parquet has no cached_prompt_tokens (an older run)")
+    if "reject_reason" not in req and (req["status"] == "rejected").any():
+        notes.append("rejected_by_reason: requests.parquet has no reject_reason (an older run)")
+    return notes
 
 
 def _clients(req, demanded, received, starving, backlogged: pd.DataFrame, latency: dict) -> dict:
@@ -371,7 +487,22 @@ def _clients(req, demanded, received, starving, backlogged: pd.DataFrame, latenc
     counts["backlogged_s"] = backlogged["seconds"]
     counts["backlogged_service"] = backlogged["service"]
     counts["backlogged_rate"] = backlogged["rate"]
-    return {str(c): {**row, "latency": latency.get(str(c))} for c, row in counts.to_dict("index").items()}
+    counts["backlogged_engine_rate"] = backlogged["engine_rate"] if "engine_rate" in backlogged else np.nan
+    if "cached_prompt_tokens" in req:
+        served = req[req["status"] == "finished"]
+        by = served.groupby("client_id", sort=True)
+        counts["cache_hit_rate"] = by["cached_prompt_tokens"].sum() / by["prompt_tokens"].sum()
+    else:
+        counts["cache_hit_rate"] = np.nan
+    rows = counts.to_dict("index")
+    rejected = req[req["status"] == "rejected"]
+    reasons = rejected["reject_reason"].fillna("unrecorded") if "reject_reason" in req else "unrecorded"
+    by_reason = rejected.assign(reason=reasons).groupby(["client_id", "reason"], sort=True).size()
+    for client, row in rows.items():
+        row["rejected_by_reason"] = {}
+    for (client, reason), n in by_reason.items():
+        rows[client]["rejected_by_reason"][str(reason)] = int(n)
+    return {str(c): {**row, "latency": latency.get(str(c))} for c, row in rows.items()}
 
 
 def _jsonable(obj):

@@ -104,12 +104,12 @@ def _difference(result: AuditResult, colours: dict) -> Plot:
             ax.plot(series[key].index, series[key].to_numpy(), color=colour, lw=1.2, label=name)
         points = series["windowed"]
         window.plot(points.index, points.to_numpy(), color=colour, lw=1.2, marker="o", ms=3, label=name)
-    bounds = {run["bound"]["value"] for run in result.runs}
+    bounds = {run["bound"]["value"] for run in result.runs} - {None}
     for ax in (pair, acc):
         if len(bounds) == 1:
             ax.axhline(next(iter(bounds)), color="black", ls="--", lw=1, label="VTC bound")
         else:
-            for run in result.runs:
+            for run in (r for r in result.runs if r["bound"]["value"] is not None):
                 ax.axhline(
                     run["bound"]["value"], color=colours[run["name"]], ls="--", lw=1, label=f"{run['name']} bound"
                 )
@@ -226,15 +226,54 @@ def _ttft(key: str, summary: dict, series: dict, colours: dict, prefix: str) -> 
     return Plot(f"{key}-ttft", f"{summary['name']}: TTFT and starvation by client", caption, summary["name"], _png(fig))
 
 
+COUNTER_LINES = 4  # clients drawn one by one in the counter figure; beyond that, the others as a band
+
+
+def _last_at(times: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Each grid time's latest value at or before it (NaN before the first)."""
+    k = np.searchsorted(times, grid, side="right") - 1
+    return np.where(k >= 0, values[np.maximum(k, 0)], np.nan)
+
+
+def counter_clients(counters, most: int = COUNTER_LINES) -> list[str]:
+    """The clients the counter figure draws one by one: all of them up to ``most``, else the
+    ``most // 2`` with the lowest final UFC and the rest of ``most`` with the highest (lowest first)."""
+    final = counters.sort_values("time_s", kind="stable").groupby("client_id", sort=True)["ufc"].last()
+    named = [str(c) for c in final.sort_values(kind="stable").index]
+    return named if len(named) <= most else named[: most // 2] + named[-(most - most // 2) :]
+
+
 def _counters(key: str, summary: dict, counters, colours: dict) -> Plot:
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    fig = Figure(figsize=(10, 3.9), layout="constrained")
     axes = fig.subplots(1, 3)
-    for client, rows in counters.groupby("client_id", sort=True):
-        for ax, column in zip(axes, COUNTER_TITLES):
-            ax.plot(rows["time_s"].to_numpy(), rows[column].to_numpy(), color=colours.get(client, "grey"), lw=1)
+    ordered = counters.sort_values("time_s", kind="stable")
+    grid = np.linspace(ordered["time_s"].min(), ordered["time_s"].max(), 300) if len(ordered) else np.empty(0)
+    by_client = dict(tuple(ordered.groupby("client_id", sort=True)))
+    named = counter_clients(ordered)
+    for ax, column in zip(axes, COUNTER_TITLES):
+        curves = {
+            c: _last_at(rows["time_s"].to_numpy(), rows[column].to_numpy(np.float64, na_value=np.nan), grid)
+            for c, rows in by_client.items()
+        }
+        if len(curves) > len(named):
+            stack = np.vstack(list(curves.values()))
+            seen = np.isfinite(stack).any(axis=0)
+            low = np.where(seen, np.nanmin(np.where(np.isfinite(stack), stack, np.inf), axis=0), np.nan)
+            high = np.where(seen, np.nanmax(np.where(np.isfinite(stack), stack, -np.inf), axis=0), np.nan)
+            ax.fill_between(grid, low, high, color="grey", alpha=0.25, lw=0, label=f"all {len(curves)} clients")
+        for client in named:
+            ax.plot(grid, curves[client], color=colours.get(client, "grey"), lw=1.1, label=client)
     for ax, title in zip(axes, COUNTER_TITLES.values()):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("time (s)")
         ax.grid(alpha=0.3)
-    caption = "Equinox's per-client counters as the scheduler logged them (counters.parquet); colours as above."
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 7), fontsize=8, frameon=False)
+    caption = "Equinox's per-client counters as the scheduler logged them (counters.parquet)"
+    caption += (
+        f"; the {len(named)} clients with the lowest and highest final UFC drawn, the grey band spans all clients."
+        if len(by_client) > len(named)
+        else "."
+    )
     return Plot(f"{key}-counters", f"{summary['name']}: fairness counters", caption, summary["name"], _png(fig))

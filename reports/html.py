@@ -15,7 +15,7 @@ from html import escape
 from reports.audit import AuditResult
 from reports.figures import Plot, client_colours, run_colours
 from reports.policy import Check
-from reports.tables import check_table, client_table, delta_table, summary_table
+from reports.tables import check_table, client_table, delta_table, summary_table, verdict
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1b1f24; margin: 0; }
@@ -93,7 +93,9 @@ def to_html(result: AuditResult, plots: list[Plot], checks: list[Check] = ()) ->
     """The whole report as one HTML document."""
     runs, clients = run_colours(result), client_colours(result)
     names = [run["name"] for run in result.runs]
-    sections = ['<section id="summary"><h2>Runs side by side</h2>', _table(*summary_table(result), 1, runs)]
+    sections = ['<section id="summary"><h2>Runs side by side</h2>']
+    sections += [f'<p class="verdict">{escape(line)}</p>' for line in verdict(result)]
+    sections.append(_table(*summary_table(result), 1, runs))
     deltas = delta_table(result)
     if deltas:
         sections += ['</section><section id="baseline"><h2>Against the baseline</h2>', _table(*deltas, 1, runs)]

@@ -10,12 +10,13 @@ from engine.results import atomic_write_text
 from reports.audit import AuditResult
 from reports.figures import Plot
 from reports.policy import Check
-from reports.tables import check_table, client_table, delta_table, markdown_table, summary_table
+from reports.tables import check_table, client_table, delta_table, markdown_table, summary_table, verdict
 
 
 def to_markdown(result: AuditResult, checks: list[Check] = (), images: list[tuple[Plot, str]] = ()) -> str:
     """Runs side by side, deltas, checks and per-client tables; ``images`` pairs each figure with its file name."""
-    parts = ["## Schedulers", "", markdown_table(*summary_table(result), left=1), ""]
+    parts = ["## Schedulers", "", *(line for text in verdict(result) for line in (text, "")),
+             markdown_table(*summary_table(result), left=1), ""]  # fmt: skip
     deltas = delta_table(result)
     if deltas:
         parts += ["## Against the baseline", "", markdown_table(*deltas, left=1), ""]

@@ -63,15 +63,16 @@ def request_service(requests: pd.DataFrame, w_p: float = 1.0, w_q: float = 2.0) 
 # -- service curves and backlog ---------------------------------------------------------
 
 
-def service_curves(requests: pd.DataFrame, grid, w_p: float = 1.0, w_q: float = 2.0) -> pd.DataFrame:
+def service_curves(requests: pd.DataFrame, grid, w_p: float = 1.0, w_q: float = 2.0, values=None) -> pd.DataFrame:
     """Cumulative normalised service ``A_j(t)`` of every client at each (ascending) grid time.
 
     Each request contributes ``s * clip((t - first_token_s) / (finish_s - first_token_s), 0, 1)``,
     evaluated as ramps: ``sum rate * (t - start)`` over started pieces minus the same over ended ones.
+    ``values`` replaces each request's ``s`` (e.g. its engine-seconds / weight; 0 for unserved ones).
     """
     codes, clients = client_codes(requests)
     n = len(clients)
-    s = request_service(requests, w_p, w_q)
+    s = request_service(requests, w_p, w_q) if values is None else np.asarray(values, dtype=np.float64)
     start = requests["first_token_s"].to_numpy(np.float64)
     end = requests["finish_s"].to_numpy(np.float64)
     span = end - start
@@ -227,6 +228,16 @@ def windowed_difference(service: pd.DataFrame, demand: pd.DataFrame) -> pd.Serie
 
 
 # -- Jain's index -------------------------------------------------------------------------
+
+
+def request_engine_seconds(requests: pd.DataFrame) -> np.ndarray | None:
+    """Each finished request's engine-seconds (its cost-model share of engine time) over its weight;
+    None when the run has no ``engine_seconds`` column (older runs) or it is empty."""
+    if "engine_seconds" not in requests or not requests["engine_seconds"].notna().any():
+        return None
+    done = (requests["status"] == "finished").to_numpy()
+    seconds = requests["engine_seconds"].to_numpy(np.float64, na_value=np.nan)
+    return np.where(done & np.isfinite(seconds), seconds / requests["weight"].to_numpy(np.float64), 0.0)
 
 
 def jain_index(x) -> float:

@@ -85,6 +85,8 @@ def evaluate(runs: list[dict], policy: Policy) -> list[Check]:
 
 def _service_diff(run: dict, limit: float, _) -> tuple[str, str]:
     diff, bound = run["fairness"]["pair_service_diff_max"], run["bound"]["value"]
+    if bound is None:
+        return "skip", "no request was served, so no VTC bound applies"
     text = f"pair_service_diff_max {diff:.1f} is {diff / bound:.3g}x the VTC bound {bound:g}"
     if diff > limit * bound:
         return "fail", f"{text}, over the allowed {limit:g}x"
@@ -96,8 +98,18 @@ def _jain(run: dict, limit: float, _) -> tuple[str, str]:
     if jain is None:
         return "skip", "jain undefined: no client was ever backlogged"
     if jain < limit:
-        return "fail", f"jain {jain:.4f} is below {limit:g}"
-    return "pass", f"jain {jain:.4f} is at least {limit:g}"
+        return "fail", f"jain {_apart(jain, limit)} is below {limit:g}"
+    return "pass", f"jain {_apart(jain, limit)} is at least {limit:g}"
+
+
+def _apart(value: float, limit: float) -> str:
+    """``value`` with 4 decimals, or as many more as it takes not to print it equal to ``limit``
+    (0.89999 is not "0.9000 is below 0.9")."""
+    for places in range(4, 17):
+        text = f"{value:.{places}f}"
+        if value == limit or float(text) != limit:
+            return text
+    return repr(value)
 
 
 def _ttft_p99(run: dict, limit: float, _) -> tuple[str, str]:

@@ -36,7 +36,7 @@ def test_audit_gates_exit_1_naming_run_and_metric(runs):
     result = invoke("audit", runs, "--max-discrepancy", "1", "--format", "markdown")
     assert result.exit_code == 1
     assert "fcfs" in result.output and "pair_service_diff" in result.output
-    assert "vtc:" not in result.output  # VTC holds its bound
+    assert "FAIL vtc" not in result.output  # VTC holds its bound
     assert invoke("audit", runs / "vtc", "--max-discrepancy", "1", "--format", "json").exit_code == 0
 
 
@@ -76,3 +76,25 @@ def test_listings_name_every_scheduler_and_preset():
     out = invoke("schedulers").output
     assert all(name in out for name in ("fcfs", "vtc", "lcf", "vtc-predict", "vtc-oracle", "rpm"))
     assert "vtc-a10g-llama2-7b" in invoke("presets").output
+
+
+def test_audit_first_screen_says_in_words_who_kept_the_bound(runs):
+    result = invoke("audit", runs)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "VTC bound kept by vtc; broken by fcfs."
+    text = " ".join(result.output.split())
+    assert "fcfs: broke the bound: largest service gap between two backlogged clients" in text
+    assert "vtc: kept the bound" in text and "mean TTFT from" in text
+
+
+def test_replay_into_an_out_holding_another_workload_says_so_and_the_audit_refuses(tmp_path):
+    out = tmp_path / "m"
+    assert invoke("replay", "--workload", "overload", "-s", "fcfs", "--out", out).exit_code == 0
+    result = invoke("replay", "--workload", "on-off-less", "-s", "vtc", "--out", out)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"warning: {out} already holds runs of another workload: fcfs (overload, fingerprint " in text
+    audit = invoke("audit", out)
+    assert audit.exit_code == 2 and "the runs replayed different workloads, fcfs: overload" in audit.output
+    assert invoke("audit", out, "--allow-mixed").exit_code == 0

@@ -170,7 +170,7 @@ def test_run_json_needs_the_kv_capacity(tmp_path):
 def test_audit_run_summary(replay):
     summary, series = audit_run(load_runs([replay / "vtc"])[0])
     json.dumps(summary, allow_nan=False)  # plain JSON
-    assert summary["requests"] == {"total": 4, "finished": 4, "rejected": 0, "preemptions": 1}
+    assert summary["requests"] == {"total": 4, "finished": 4, "rejected": 0, "rejected_by_reason": {}, "preemptions": 1}
     # makespan 50 - 30 = 20; tokens (26 prompt + 22 output) / 20
     assert summary["throughput"]["tokens_per_s"] == pytest.approx(48 / 20)
     assert summary["utilization"]["busy_fraction"] == pytest.approx(0.75)

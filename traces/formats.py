@@ -214,7 +214,8 @@ def _as_array(values) -> pa.Array:
         return values
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed JSON types: as text, so bad cells are named
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # mixed JSON types, huge integers: as text,
+        # so bad cells are named
         return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
@@ -232,6 +233,9 @@ def _convert(target: str, values: pa.Array, column: str, source: str, row0: int)
     return pa.array(_numbers(values, column, source, row0, integer=integer))
 
 
+MAX_INTEGER = 2**53  # integers above it lose digits as float64 and overflow int64 soon after
+
+
 def _numbers(values: pa.Array, column: str, source: str, row0: int, *, integer: bool) -> np.ndarray:
     """Non-negative numbers (integers if ``integer``); names the first bad row."""
     if pa.types.is_string(values.type):
@@ -243,10 +247,11 @@ def _numbers(values: pa.Array, column: str, source: str, row0: int, *, integer: 
         numbers = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(numbers) | (numbers < 0)
     if integer:
-        bad |= numbers != np.floor(numbers)
+        bad |= (numbers != np.floor(numbers)) | (numbers > MAX_INTEGER)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         what = "a non-negative integer" if integer else "a non-negative number"
+        what += " below 2^53" if integer and numbers[row] > MAX_INTEGER else ""
         raise InputError(f"{column} must be {what}, got {values[row].as_py()!r}", source=source, row=row0 + row + 1)
     return numbers.astype(np.int64) if integer else numbers
 

@@ -153,6 +153,13 @@ def _read_source(source, opts: Options, progress: Progress | None) -> pa.Table:
     if isinstance(source, (list, tuple)):
         return read_raw(source, opts=opts, progress=progress)
     source = str(source)
+    builtin = opts.format is None and not opts.mapping and source in (*SYNTHETIC_WORKLOADS, LMSYS_NAME)
+    if builtin and opts.client_column:
+        raise InputError(
+            f"from:{opts.client_column} takes clients from a column of a trace file; the built-in workload "
+            f"{source!r} has its own clients (use N, uniform:N, zipf:N or shares:... to redraw them)",
+            source="--clients",
+        )
     if opts.format is None and not opts.mapping and source in SYNTHETIC_WORKLOADS:
         return synthesize(source, seed=opts.seed)
     if opts.format is None and not opts.mapping and source == LMSYS_NAME:

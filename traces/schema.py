@@ -145,6 +145,17 @@ def validate(table: pa.Table, source: str = "workload") -> None:
         if col.null_count:
             row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise InputError(f"{name} is empty", source=source, row=row + 1)
+    ids = table.column("request_id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    repeats = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if repeats.size:
+        row = int(order[repeats + 1].min())  # the first row whose id an earlier row has
+        first = int(np.flatnonzero(ids == ids[row])[0])
+        raise InputError(
+            f"request_id {ids[row]} repeats row {first + 1}'s; request ids must be unique",
+            source=source,
+            row=row + 1,
+        )
     arrival = table.column("arrival_s").to_numpy()
     bad = ~np.isfinite(arrival) | (arrival < 0)
     if bad.any():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from traces.schema import workload_metadata
 
@@ -43,9 +44,22 @@ def summarize(table: pa.Table) -> dict:
         "lengths": lengths,
         "conversations": len(set(conversations.to_pylist())) if len(conversations) else 0,
         "with_prefix_hashes": table.num_rows - table["prefix_hashes"].null_count,
+        "prefix_blocks": _prefix_blocks(table),
         "per_client": {str(clients[k]): int(counts[k]) for k in order},
         "provenance": meta,
     }
+
+
+def _prefix_blocks(table: pa.Table) -> dict | None:
+    """Prefix-block hashes (Mooncake's hash_ids): how many, how many distinct, and the share of
+    blocks that repeat an earlier one (what a prefix cache could serve); None without hashes."""
+    hashes = table["prefix_hashes"]
+    if hashes.null_count == table.num_rows:
+        return None
+    flat = pc.list_flatten(hashes).to_numpy()
+    distinct = int(np.unique(flat).size)
+    total = int(flat.size)
+    return {"total": total, "distinct": distinct, "repeated_fraction": 1 - distinct / total if total else 0.0}
 
 
 def plot_workload(table: pa.Table, path) -> Path:

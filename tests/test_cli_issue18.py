@@ -1,0 +1,83 @@
+"""Issue 18, item 10: `equinox --version`, replay --help naming every scheduler, `traces inspect` on a
+trace without conversations, progress lines when stderr is not a terminal, and the counter figure's
+named clients."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from typer.testing import CliRunner
+
+from equinox_cli.common import LineProgress
+from equinox_cli.main import app
+from reports.figures import counter_clients
+from schedulers import POLICIES
+
+DATA = Path(__file__).parent / "data"
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("equinox ") and len(result.output.split()) == 2
+
+
+def test_replay_help_lists_every_scheduler():
+    text = " ".join(runner.invoke(app, ["replay", "--help"]).output.replace("│", " ").split())
+    for name in POLICIES:
+        assert name in text, name
+    assert "equinox, equinox-oracle" in text
+
+
+def test_inspect_mooncake_says_no_conversation_ids_and_how_much_prefix_repeats():
+    result = runner.invoke(app, ["traces", "inspect", str(DATA / "mooncake_sample.jsonl")], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    first = next(line for line in result.output.splitlines() if line.strip())
+    assert "0 conversations" not in first
+    # 10 lines, 112 hash ids of which 80 distinct: 32 of 112 (29%) repeat an earlier block
+    assert first.startswith("10 requests, 5 clients (no conversation ids) over 10.5 s")
+    assert first.endswith("10 with prefix hashes: 112 blocks, 80 distinct, 29% repeat an earlier block")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_line_progress_prints_periodic_lines_not_only_the_last():
+    buffer, clock = io.StringIO(), Clock()
+    progress = LineProgress(Console(file=buffer, width=200), every_s=5.0, clock=clock)
+    task = progress.add_task("overload / vtc", total=1000)
+    for done, now in ((100, 1.0), (300, 5.5), (400, 7.0), (700, 11.0), (1000, 12.0), (1000, 13.0)):
+        clock.now = now
+        progress.update(task, completed=done)
+    assert buffer.getvalue().splitlines() == [
+        "overload / vtc: started (1,000 to do)",
+        "overload / vtc: 300/1,000 (30%), 5.5 s",
+        "overload / vtc: 700/1,000 (70%), 11.0 s",
+        "overload / vtc: done, 1,000/1,000 in 12.0 s",
+    ]
+
+
+def test_replay_in_a_pipe_prints_progress_lines(tmp_path):
+    result = runner.invoke(app, ["replay", "-s", "fcfs", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "overload / fcfs: started (1,620 to do)"
+    assert lines[1].startswith("overload / fcfs: done, 1,620/1,620 in ")
+
+
+def test_counter_figure_names_the_extreme_clients_only():
+    rows = [(t, f"client-{c}", float(t * (c + 1))) for t in (0.0, 1.0) for c in range(8)]
+    counters = pd.DataFrame(rows, columns=["time_s", "client_id", "ufc"])
+    # final UFC grows with the client number: the two lowest and the two highest
+    assert counter_clients(counters) == ["client-0", "client-1", "client-6", "client-7"]
+    few = counters[counters["client_id"].isin(["client-3", "client-5", "client-1"])]
+    assert counter_clients(few) == ["client-1", "client-3", "client-5"]
