@@ -124,7 +124,10 @@ class SLoRAEngine:
         return (
             reservation_peak(pairs) < cfg.max_total_tokens - cfg.adapter_tokens * adapters
             and len(pairs) <= cfg.running_max_req_size
-            and self._new_tokens + req.prompt_tokens <= self._budget
+            # a policy's smaller token budget (Policy.token_budget) limits a new batch but never
+            # keeps a request from forming one alone (S-LoRA's own budget is at least
+            # max_req_total_len, so with it the first request always passes this test)
+            and (self._new_tokens + req.prompt_tokens <= self._budget or not self._new_tokens)
         )
 
     def _generate_new_batch(self, now: float) -> list[Request]:

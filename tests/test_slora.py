@@ -166,6 +166,24 @@ def test_same_policy_objects_and_results_schema():
             assert sum(policy.counters.values()) > 0  # the policy was charged through its verbs
 
 
+def test_a_policy_token_budget_limits_new_batches():
+    # A policy asking for 256 prompt tokens per step (Policy.token_budget): the 300-token prompts
+    # each form a prefill step alone (never blocked), then the two 100-token ones share one.
+    from schedulers.fcfs import FCFS
+    from tests.conftest import LinearCost
+
+    class Budgeted(FCFS):
+        def token_budget(self, default):
+            return 256
+
+    rows = [("a", 0.0, 300, 2), ("b", 0.0, 300, 2), ("a", 0.0, 100, 2), ("b", 0.0, 100, 2)]
+    table = make_table(*map(list, zip(*rows)))
+    engine = SLoRAEngine(SLoRAConfig(max_total_tokens=5000), LinearCost(base=0.1), Budgeted())
+    requests, steps = engine.run(table)
+    assert set(requests.column("status").to_pylist()) == {"finished"}
+    assert [p for p in steps.column("prefill_tokens").to_pylist() if p] == [300, 300, 200]
+
+
 def test_replay_dispatches_on_the_preset_and_the_option(tmp_path):
     table = synthesize("overload", seed=1).slice(0, 100)
     (run_dir,) = replay(table, ["vtc"], tmp_path / "a", preset="slora-a10g-llama2-7b")
