@@ -62,7 +62,15 @@ class SLoRAConfig:
     poll_s: float = 0.01  # an empty router sleeps 10 ms between looks at the queue
 
     def as_dict(self) -> dict:
-        return {"mode": "slora", **asdict(self)}
+        """run.json's engine record: these fields, plus the vLLM-mode names readers look up."""
+        return {
+            "mode": "slora",
+            **asdict(self),
+            "kv_capacity_tokens": self.max_total_tokens,
+            "max_running": self.running_max_req_size,
+            "max_batch_tokens": self.batch_max_tokens,
+            "admit_every": self.max_wait_tokens,
+        }
 
 
 def default_batch_max_tokens(max_total_tokens: int, max_req_total_len: int = 2048 + 1024) -> int:

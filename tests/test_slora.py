@@ -203,6 +203,8 @@ def test_cli_engine_mode(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads((out / "fcfs" / "run.json").read_text())["engine"]["mode"] == "slora"
+    audit = runner.invoke(app, ["audit", str(out), "--format", "json"])
+    assert audit.exit_code == 0, audit.output
     bad = runner.invoke(
         app, ["replay", "-w", "overload", "-s", "fcfs", "--out", str(tmp_path / "x"), "--engine-mode", "sglang"]
     )
