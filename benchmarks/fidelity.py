@@ -242,6 +242,10 @@ policy's order with a stop at the first request that does not fit, at most `batc
 3072` prompt tokens per new batch, prefill-only steps, a merge attempt after 10 decode steps and
 then at every step until one succeeds, a 10 ms poll when idle.  Every request runs exactly its
 `output_len` tokens (`max_new_tokens = output_len`, `ignore_eos`), so nothing is ever preempted.
+The prompt lengths are the server's: the synthetic suite's prompt `"Hello " * n` is n tokens plus
+the BOS and the trailing space's token.  Those 2 tokens matter: with the client's `prompt_len` as is,
+the FCFS `proportional` run settles at about 25 requests in flight instead of the measured 18-19
+(256 + 256 tokens a request sits on the edge of the rule's 10,000-token pool), and with them at 18-19.
 
 **Step times** (`slora-a10g-llama2-7b`): the A10G roofline fitted on VTC's own A10G kernel profile
 (`a10g-llama2-7b`'s constants) plus 2 ms per step and 75 us per request in the step, the server's
