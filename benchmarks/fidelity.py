@@ -14,7 +14,7 @@ artifact computes it), mean TTFT, p99 TTFT, and the median per-request TTFT erro
     python benchmarks/fidelity.py --docs docs/COST_MODEL.md   # both modes; rewrite the docs section
 
 ``--data`` is a directory laid out as the artifact's ``fair_bench`` result folders (default:
-``$EQUINOX_VTC_RESULTS`` or ``../shared/data/vtc-results`` next to the repository).
+``$EQUINOX_VTC_RESULTS``, else ``shared/data/vtc-results`` beside the repository or one level up).
 ``--fit`` grid-searches the S-LoRA preset's two overheads on the FCFS runs of the synthetic suite
 only (the LMSYS run and every VTC / LCF run stay out of the fit) and prints the best pair.
 """
@@ -49,7 +49,9 @@ def default_data() -> Path:
     env = os.environ.get("EQUINOX_VTC_RESULTS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "vtc-results"
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [repo.parent / "shared" / "data" / "vtc-results", repo.parents[1] / "shared" / "data" / "vtc-results"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def find_runs(data: Path, only=None) -> list[tuple[str, str, Path]]:

@@ -213,12 +213,18 @@ def test_cli_engine_mode(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-VTC_RESULTS = ROOT.parents[1] / "shared" / "data" / "vtc-results"
+def _vtc_results() -> Path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fidelity
+
+    return fidelity.default_data()
+
+
+VTC_RESULTS = _vtc_results()
 
 
 @pytest.mark.skipif(not (VTC_RESULTS / "FCFS").is_dir(), reason="VTC artifact results not present")
 def test_fidelity_on_a_measured_run():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import fidelity
 
     table, ttft, result = fidelity.load_run(VTC_RESULTS / "FCFS" / "all_results_real.jsonl")
