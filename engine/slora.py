@@ -234,6 +234,9 @@ class SLoRAEngine:
                     idle_since = now
                 ticks = max(1, -int(-(arrivals[nxt] - idle_since) // cfg.poll_s))
                 wake = idle_since + ticks * cfg.poll_s
+                while wake < arrivals[nxt]:  # rounding: the look must come at or after the arrival
+                    ticks += 1
+                    wake = idle_since + ticks * cfg.poll_s
                 self._idle(now, wake)
                 now = wake
                 continue
