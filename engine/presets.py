@@ -8,7 +8,7 @@ error table); rerun it after changing a model or a hardware constant and paste w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.cost_model import CostModel, Hardware, ModelSpec, RooflineCostModel, VTCProfileCostModel
 from traces.errors import InputError
@@ -116,6 +116,7 @@ class EnginePreset:
     block_size: int = 16  # KV-cache block, tokens
     tensor_parallel: int = 1  # GPUs the model is split over (hardware is one of them)
     merge_interval_steps: int = 1  # new requests join the batch every this many decode steps
+    mode: str = "vllm"  # "slora": replayed by engine/slora.py (VTC's S-LoRA router), not the simulator
     max_model_len: int | None = None  # context limit (vLLM's max_model_len); None: the model's
 
     def __post_init__(self):
@@ -194,6 +195,37 @@ def _vtc_preset() -> EnginePreset:
     )
 
 
+def _slora_preset() -> EnginePreset:
+    """S-LoRA mode (engine/slora.py): the VTC paper's server as its router schedules.
+
+    VTC-artifact fair_bench/launch_server.py (--max_total_token_num 10000) and
+    slora/server/api_server.py (batch_max_tokens = max(int(10000 / 6), 2048 + 1024) = 3072,
+    running_max_req_size 1000, max_wait_tokens 10).  Step times: the A10G roofline fitted on
+    VTC's A10G profile, plus the server's own per-step and per-request overheads
+    (``SLORA_OVERHEADS``, fitted by benchmarks/fidelity.py --fit on the FCFS synthetic runs).
+    """
+    pool = 10_000
+    step, per_request = SLORA_OVERHEADS
+    cost = replace(roofline_model("a10g", "llama2-7b"), step_overhead_s=step, request_overhead_s=per_request)
+    return EnginePreset(
+        name="slora-a10g-llama2-7b",
+        hardware=A10G,
+        model=LLAMA2_7B,
+        cost_model=cost,
+        kv_capacity_tokens=pool,
+        max_running=1000,
+        max_batch_tokens=max(int(pool / 6), 2048 + 1024),
+        merge_interval_steps=10,
+        mode="slora",
+    )
+
+
+# S-LoRA's overheads on top of the A10G roofline (step_overhead_s, request_overhead_s): the
+# router, RPC and detokenisation work of a real server step, which VTC's kernel-level profile
+# does not see.  From `python benchmarks/fidelity.py --fit` (docs/COST_MODEL.md).
+SLORA_OVERHEADS = (0.002, 7.5e-05)
+
+
 PRESETS: dict[str, EnginePreset] = {
     p.name: p
     for p in [
@@ -207,6 +239,7 @@ PRESETS: dict[str, EnginePreset] = {
         _vllm_preset("a100", "llama3.1-8b"),
         _vllm_preset("h100", "llama3.1-8b"),
         _vtc_preset(),
+        _slora_preset(),
     ]
 }
 

@@ -23,7 +23,9 @@ from engine.results import (
     atomic_write_parquet,
 )
 from engine.simulator import EngineConfig, Simulator
+from engine.slora import SLoRAEngine, slora_config
 from schedulers import EquinoxKnobs, ServiceWeights, make_policy, run_name
+from traces.errors import InputError
 from traces.schema import workload_metadata
 
 
@@ -99,6 +101,7 @@ def replay(
     equinox: EquinoxKnobs = EquinoxKnobs(),
     predictors=None,
     progress=None,
+    engine_mode: str | None = None,
     **engine_overrides,
 ) -> list[Path]:
     """Replay ``workload`` under each scheduler spec; write ``out_dir/<scheduler>/``.
@@ -106,9 +109,23 @@ def replay(
     ``progress`` is an optional ``rich.progress.Progress``; each scheduler gets a task.
     ``equinox`` holds the Equinox knobs; ``predictors`` is a loaded MoPE bundle whose
     sessions supply predicted lengths to the policies that use them.
+    ``engine_mode`` "slora" replays on S-LoRA's router (engine/slora.py) instead of the vLLM-mode
+    simulator; None: the preset's own mode.
     Returns the run directories in the order of ``schedulers``.
     """
     config, engine_preset = engine_config(preset, **engine_overrides)
+    mode = engine_mode or engine_preset.mode
+    if mode not in ("vllm", "slora"):
+        raise InputError(f"unknown engine mode {mode!r}; expected vllm or slora", source="--engine-mode")
+    if mode == "slora":
+        o = engine_overrides
+        config = slora_config(
+            engine_preset,
+            max_total_tokens=o.get("kv_capacity_tokens"),
+            running_max_req_size=o.get("max_running"),
+            batch_max_tokens=o.get("max_batch_tokens"),
+            max_wait_tokens=o.get("admit_every"),
+        )
     names = [run_name(spec) for spec in schedulers]  # validates every spec before any work
     policies = [
         make_policy(
@@ -136,14 +153,19 @@ def replay(
             callback = lambda done, task=task: progress.update(task, completed=done)  # noqa: E731
         run_dir = out_dir / name
         with atomic_directory(run_dir) as tmp:
-            sim = Simulator(config, engine_preset.cost_model, policy, progress=callback, steps_path=tmp / STEPS_FILE)
+            if mode == "slora":
+                sim = SLoRAEngine(config, engine_preset.cost_model, policy, progress=callback)
+            else:
+                sim = Simulator(
+                    config, engine_preset.cost_model, policy, progress=callback, steps_path=tmp / STEPS_FILE
+                )
             started = time.perf_counter()
-            requests, _ = sim.run(workload, scheduler_name=name)
+            requests, steps = sim.run(workload, scheduler_name=name)
             wall = time.perf_counter() - started
             record = _run_record(
                 name, spec, policy, seed, service, workload_record, engine_preset, config, sim.step, wall
             )
-            write_run_files(tmp, requests, None, record, counters_table(policy))
+            write_run_files(tmp, requests, steps, record, counters_table(policy))
         if progress is not None:
             progress.update(task, completed=workload.num_rows)
         runs.append(run_dir)

@@ -62,6 +62,11 @@ def replay(
     stall_free: bool = typer.Option(
         False, help="Stall-free steps (Sarathi-Serve): decodes first, then partial, then new prefills."
     ),
+    engine_mode: Optional[str] = typer.Option(
+        None,
+        help="vllm (continuous batching, preemption) or slora (VTC's S-LoRA router: memory reserved for "
+        "each request's whole output, no preemption, merges every 10 decode steps); default: the preset's.",
+    ),
     w_p: float = typer.Option(1.0, help="Service price of a prompt token."),
     w_q: float = typer.Option(2.0, help="Service price of an output token."),
     alpha: float = typer.Option(
@@ -193,7 +198,7 @@ def replay(
         runs = run_replay(
             table, specs, out, workload_name=workload, preset=preset, seed=seed,
             service=ServiceWeights(w_p, w_q), equinox=knobs, predictors=bundle, progress=progress,
-            stall_free=stall_free,
+            stall_free=stall_free, engine_mode=engine_mode,
             kv_capacity_tokens=kv_capacity, max_running=max_running,
             max_batch_tokens=max_batch_tokens, chunked_prefill=chunked_prefill, admit_every=admit_every,
         )  # fmt: skip
