@@ -49,6 +49,9 @@ class Policy:
     # The simulator may advance pure decode stretches in one move (calling on_tokens with k > 1
     # and skipping on_step) only for policies whose decisions come out identical that way.
     exact_under_fast_forward = True
+    # Set by an engine with a prefix cache before the run: f(req) -> how many of req's prompt tokens
+    # are cached right now (a multiple of the block size).  None: nothing is cached.
+    prefix_lookup: Callable[[Request], int] | None = None
 
     def __init__(self, service: ServiceWeights = ServiceWeights()):
         self.service = service

@@ -1,0 +1,207 @@
+"""DLPM: locality within the fairness budget, and the bound of docs/DLPM.md on random workloads."""
+
+import numpy as np
+import pytest
+from conftest import LinearCost
+
+from engine.request import Request
+from engine.simulator import EngineConfig, Simulator
+from schedulers import make_policy, run_name
+from schedulers.dlpm import DLPM
+from traces.errors import InputError
+from traces.schema import make_table
+
+
+def _cached(table: dict):
+    """A fake prefix cache: request id -> cached prompt tokens."""
+    return lambda req: table.get(req.request_id, 0)
+
+
+def test_the_cached_request_goes_first_between_clients_with_deficit_left():
+    policy = DLPM(quantum=1000)
+    uncached = Request(0, "a", 0.0, 128, 10)  # arrived first
+    cached = Request(1, "b", 1.0, 128, 10)  # same cost, 64 of its tokens cached
+    for req in (uncached, cached):
+        policy.on_arrival(req, req.arrival_s)
+    # Without a prefix cache the client that has waited longest goes first ...
+    assert policy.select(lambda r: True) is uncached
+    # ... with one, the longer cached prefix, both clients having deficit left.
+    policy.prefix_lookup = _cached({1: 64})
+    assert policy.select(lambda r: True) is cached
+    assert policy.deficits == {"a": 1000.0, "b": 1000.0}
+
+
+def test_a_client_whose_deficit_is_spent_waits_however_well_its_prefix_matches():
+    policy = DLPM(quantum=100)  # w_p 1: a 100-token prompt spends a whole quantum
+    a1, a2 = Request(0, "a", 0.0, 100, 5), Request(1, "a", 0.5, 100, 5)
+    b1 = Request(2, "b", 1.0, 100, 5)
+    for req in (a1, a2, b1):
+        policy.on_arrival(req, req.arrival_s)
+    policy.prefix_lookup = _cached({0: 96, 1: 64, 2: 0})  # a's requests are cached, b1 not at all
+    order = []
+    for now in (2.0, 3.0, 4.0):
+        req = policy.select(lambda r: True)
+        policy.admit(req, now, resumed=False)
+        order.append(req.request_id)
+        if now == 3.0:  # a spent its quantum on a1: b1 is admitted before a2
+            assert policy.deficits["a"] == 0.0
+    assert order == [0, 2, 1]
+    assert policy.refills == 2  # one at the start, one once both had spent theirs
+
+
+def test_refills_go_to_backlogged_clients_only_and_lift_the_largest_into_0_q():
+    policy = DLPM(quantum=10)
+    reqs = [Request(i, c, 0.0, p, 1) for i, (c, p) in enumerate([("a", 35), ("b", 8), ("a", 1), ("b", 1)])]
+    for req in reqs:
+        policy.on_arrival(req, 0.0)
+    order = []
+    for _ in range(3):  # one quantum each; a's 35-token prompt first (waited longest), then b's two
+        req = policy.select(lambda r: True)
+        policy.admit(req, 0.0, resumed=False)
+        order.append(req.request_id)
+    assert order == [0, 1, 3]
+    assert policy.deficits == {"a": -25.0, "b": 1.0}
+    policy.on_tokens([reqs[3]], 1)  # b's output token (w_q 2); b has nothing waiting any more
+    assert policy.deficits == {"a": -25.0, "b": -1.0}
+    # Only a is backlogged and spent: three quanta at once lift it to 5, in (0, 10]; b gets none.
+    assert policy.select(lambda r: True) is reqs[2]
+    assert policy.deficits == {"a": 5.0, "b": -1.0}
+    assert policy.refills == 4
+
+
+def test_spec_and_knob():
+    assert make_policy("dlpm").quantum == 2048
+    assert make_policy("dlpm:512").quantum == 512
+    assert make_policy("dlpm(300)").describe()["quantum"] == 300
+    assert run_name("dlpm:512") == "dlpm-512"
+    with pytest.raises(InputError, match="quantum Q > 0"):
+        make_policy("dlpm:0")
+
+
+# -- the bound on random workloads ---------------------------------------------------------------
+
+
+class Recorded(DLPM):
+    """DLPM that logs every charge and backlog change, and checks the deficit range on the way."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.events = []  # ("charge", client, amount) | ("in", client) | ("out", client)
+        self.low = 0.0  # the lowest deficit any client reached
+        self.window = {}  # client -> output tokens of its requests since its last admission
+        self.most_tokens = 0  # R: the most output tokens of one client between two of its admissions
+
+    def _name(self, slot):
+        return self._names[slot]
+
+    def _new_client(self, client):
+        super()._new_client(client)
+        self._names = list(self._index)
+        self.window[client] = 0
+
+    def _backlog(self, client, req, arrival):
+        super()._backlog(client, req, arrival)
+        self.events.append(("in", client))
+
+    def _unbacklog(self, client):
+        super()._unbacklog(client)
+        self.events.append(("out", client))
+
+    def admit(self, req, now, resumed):
+        assert self._deficit[self._index[req.client]] > 0, "admitted a client without deficit"
+        self.window[req.client] = 0
+        super().admit(req, now, resumed)
+
+    def _charge_admission(self, req, now):
+        super()._charge_admission(req, now)
+        self._charged(req.client, self.service.w_p * req.prompt_tokens / req.weight)
+
+    def _charged(self, client, amount):
+        self.events.append(("charge", client, amount))
+        self.low = min(self.low, float(self._deficit[self._index[client]]))
+
+    def on_tokens_slots(self, slots, generated, weights, k):
+        super().on_tokens_slots(slots, generated, weights, k)
+        for slot, w in zip(slots.tolist(), weights.tolist()):
+            client = self._names[slot]
+            self.window[client] += k
+            self.most_tokens = max(self.most_tokens, self.window[client])
+            self._charged(client, self.service.w_q * k / w)
+
+    def _refill(self):
+        super()._refill()
+        top = max(self._deficit[self._index[c]] for c in self._backlogged)
+        assert 0 < top <= self.quantum + 1e-9
+        assert float(self._deficit[: len(self._index)].max()) <= self.quantum + 1e-9
+
+
+def max_pair_difference(events):
+    """The largest |W_f - W_g| over pairs and event intervals in which both stay backlogged."""
+    clients = sorted({e[1] for e in events})
+    col = {c: j for j, c in enumerate(clients)}
+    served = np.zeros((len(events), len(clients)))  # charged so far, after each event
+    inside = np.zeros((len(events), len(clients)), dtype=bool)  # backlogged, after each event
+    amount = np.zeros(len(clients))
+    state = np.zeros(len(clients), dtype=bool)
+    for k, event in enumerate(events):
+        j = col[event[1]]
+        if event[0] == "charge":
+            amount[j] += event[2]
+        else:
+            state[j] = event[0] == "in"
+        served[k] = amount
+        inside[k] = state
+    best = 0.0
+    for f in range(len(clients)):
+        for g in range(f + 1, len(clients)):
+            both = inside[:, f] & inside[:, g]
+            if not both.any():
+                continue
+            diff = (served[:, f] - served[:, g])[both]
+            rows = np.flatnonzero(both)
+            starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive events
+            spread = np.maximum.reduceat(diff, starts) - np.minimum.reduceat(diff, starts)
+            best = max(best, float(spread.max()))
+    return best
+
+
+def random_case(rng):
+    clients = int(rng.integers(2, 5))
+    n = int(rng.integers(10, 50))
+    client = rng.integers(0, clients, n)
+    arrival = np.sort(rng.uniform(0, rng.uniform(0.5, 5), n))
+    prompt = rng.integers(1, 300, n)
+    output = rng.integers(1, 60, n)
+    weights = rng.choice([1.0, 2.0], clients) if rng.random() < 0.3 else np.ones(clients)
+    table = make_table([f"c{c}" for c in client], arrival, prompt, output, weight=weights[client])
+    quantum = float(rng.choice([32, 128, 512, 2048]))
+    config = EngineConfig(
+        kv_capacity_tokens=int(rng.choice([600, 1200, 4000])),
+        max_running=int(rng.choice([4, 16, 256])),
+        max_batch_tokens=int(rng.choice([64, 256, 2048])),
+    )
+    return table, quantum, config
+
+
+def test_the_documented_bound_holds_on_random_workloads():
+    rng = np.random.default_rng(19)
+    tight = 0.0
+    for case in range(240):
+        table, quantum, config = random_case(rng)
+        policy = Recorded(quantum=quantum)
+        # A fake prefix cache that changes its mind: the bound must not depend on what it says.
+        policy.prefix_lookup = lambda req: (req.request_id * 7919 + case) % 5 * 16
+        requests, _ = Simulator(config, LinearCost(), policy).run(table)
+        requests = requests.to_pandas()
+        served = requests[requests.status != "rejected"]
+        w_min = float(served.weight.min())
+        # L: the longest prompt; R: the most output tokens one client's requests produce between
+        # two of its admissions (docs/DLPM.md).
+        w_p, w_q = policy.service.w_p, policy.service.w_q
+        debt_bound = (w_p * int(served.prompt_tokens.max()) + w_q * policy.most_tokens) / w_min
+        assert policy.low >= -debt_bound - 1e-6, case  # the lemma: d >= -(w_p L + w_q R) / w
+        bound = 2 * (quantum + debt_bound)
+        diff = max_pair_difference(policy.events)
+        assert diff <= bound + 1e-6, (case, diff, bound)
+        tight = max(tight, diff / bound)
+    assert tight > 0.3  # the workloads do press against it
