@@ -1,5 +1,7 @@
 """DLPM: locality within the fairness budget, and the bound of docs/DLPM.md on random workloads."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import LinearCost
@@ -8,8 +10,10 @@ from engine.request import Request
 from engine.simulator import EngineConfig, Simulator
 from schedulers import make_policy, run_name
 from schedulers.dlpm import DLPM
+from traces import load_workload
 from traces.errors import InputError
-from traces.schema import make_table
+from traces.prefix_workloads import SystemPrompts, parse_system_prompts, prefix_reuse, with_prefix_hashes
+from traces.schema import make_table, workload_metadata
 
 
 def _cached(table: dict):
@@ -205,3 +209,56 @@ def test_the_documented_bound_holds_on_random_workloads():
         assert diff <= bound + 1e-6, (case, diff, bound)
         tight = max(tight, diff / bound)
     assert tight > 0.3  # the workloads do press against it
+
+
+# -- the prefix-heavy workload ----------------------------------------------------------------
+
+SHAREGPT_20 = Path(__file__).parent / "data" / "sharegpt_20.json"
+
+
+def test_turns_of_a_conversation_share_their_history_blocks_and_nothing_else():
+    table = load_workload(SHAREGPT_20, turns="all", clients=4, rate=1.0)
+    out = with_prefix_hashes(table, block=64).to_pandas()
+    assert (out.prompt_tokens.to_numpy() == table["prompt_tokens"].to_numpy()).all()
+    checked = 0
+    for _, turns in out.groupby("conversation_id"):
+        turns = turns.sort_values("prompt_tokens")
+        for (_, a), (_, b) in zip(turns.iloc[:-1].iterrows(), turns.iloc[1:].iterrows()):
+            full = a.prompt_tokens // 64
+            assert list(b.prefix_hashes[:full]) == list(a.prefix_hashes[:full])  # the history is a prefix
+            if a.prompt_tokens % 64:  # a's partial last block is its own
+                assert a.prefix_hashes[full] not in set(b.prefix_hashes)
+            checked += 1
+    assert checked >= 20
+    assert all(len(h) == -(-p // 64) for h, p in zip(out.prefix_hashes, out.prompt_tokens))
+    firsts = out.groupby("conversation_id").prefix_hashes.first()
+    assert len({h[0] for h in firsts if len(h) > 1}) == sum(len(h) > 1 for h in firsts)  # none shared across
+
+
+def test_system_prompts_are_shared_across_the_clients_that_get_them():
+    table = load_workload(SHAREGPT_20, turns="all", clients=4, rate=1.0)
+    shared = with_prefix_hashes(table, block=512, system_prompts=parse_system_prompts("3:2:1024"))
+    meta = workload_metadata(shared)["prefix_hashes"]
+    assert meta["block_tokens"] == 512 and meta["system_prompts"]["assigned"] == {
+        "client-0": 0, "client-1": 1, "client-2": 0
+    }  # fmt: skip
+    out = shared.to_pandas()
+    base = table["prompt_tokens"].to_numpy()
+    heads = {}
+    for client, prompt, before, hashes in zip(out.client_id, out.prompt_tokens, base, out.prefix_hashes):
+        if client in ("client-0", "client-1", "client-2"):
+            assert prompt == before + 1024
+            heads.setdefault(client, set()).add(tuple(hashes[:2]))
+        else:
+            assert prompt == before
+    assert all(len(h) == 1 for h in heads.values())  # one system prompt per client
+    assert heads["client-0"] == heads["client-2"] != heads["client-1"]  # clients 0 and 2 share prompt 0
+    reuse = prefix_reuse(with_prefix_hashes(table, system_prompts=SystemPrompts(3, 2, 1024)))
+    assert reuse["reusable_across_clients"] > 0 and reuse["reusable_within_client"] > 0.3
+    assert prefix_reuse(with_prefix_hashes(table))["reusable_across_clients"] == 0
+
+
+def test_bad_system_prompt_specs_name_the_option():
+    for spec in ("4:2", "a:b:c", "0:1:512"):
+        with pytest.raises(InputError, match="system prompts"):
+            parse_system_prompts(spec)
