@@ -262,3 +262,43 @@ def test_bad_system_prompt_specs_name_the_option():
     for spec in ("4:2", "a:b:c", "0:1:512"):
         with pytest.raises(InputError, match="system prompts"):
             parse_system_prompts(spec)
+
+
+# -- the vLLM adapter: vLLM's own prefix cache answers the lookup ----------------------------------
+
+
+def _vllm_request(rid, ids, tenant):
+    from vllm import SamplingParams
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    from vllm.v1.request import Request as VllmRequest
+
+    from serving.bridge import TENANT_KEY, WEIGHT_KEY
+
+    init_none_hash(sha256)
+    params = SamplingParams(max_tokens=2, ignore_eos=True, extra_args={TENANT_KEY: tenant, WEIGHT_KEY: 1.0})
+    return VllmRequest(rid, ids, params, None, block_hasher=get_request_block_hasher(16, sha256))
+
+
+@pytest.mark.parametrize("policy, order", [("fcfs", ["cold", "hot"]), ("dlpm", ["hot", "cold"])])
+def test_in_vllm_dlpm_admits_the_request_whose_prefix_vllm_has_cached(tmp_path, policy, order):
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from serving.offline import make_scheduler, step, write_config
+    from serving.vllm_adapter import FairScheduler
+
+    sched = make_scheduler(
+        FairScheduler, write_config(tmp_path), max_num_seqs=1, enable_prefix_caching=True,
+        additional_config={"equinox": {"scheduler": policy}},
+    )  # fmt: skip
+    shared = list(range(100, 164))  # 64 tokens: four 16-token blocks
+    sched.add_request(_vllm_request("warm", shared + [5], "a"))
+    while sched.has_requests():  # warm runs alone and finishes; its blocks stay cached
+        step(sched)
+    sched.add_request(_vllm_request("cold", list(range(300, 365)), "b"))  # first, nothing cached
+    sched.add_request(_vllm_request("hot", shared + [6], "c"))  # 64 of 65 tokens cached
+    assert sched.equinox._by_seq and sched.equinox.policy.prefix_lookup is not None
+    admitted = []
+    while sched.has_requests():
+        out, _ = step(sched)
+        admitted += [r.req_id for r in out.scheduled_new_reqs]
+    assert admitted == order
