@@ -255,7 +255,12 @@ def test_system_prompts_are_shared_across_the_clients_that_get_them():
     assert heads["client-0"] == heads["client-2"] != heads["client-1"]  # clients 0 and 2 share prompt 0
     reuse = prefix_reuse(with_prefix_hashes(table, system_prompts=SystemPrompts(3, 2, 1024)))
     assert reuse["reusable_across_clients"] > 0 and reuse["reusable_within_client"] > 0.3
-    assert prefix_reuse(with_prefix_hashes(table))["reusable_across_clients"] == 0
+    # clients 0 and 2 share prompt 0 (two blocks), client 1 is alone with prompt 1
+    assert reuse["in_blocks_shared_by_clients"] == pytest.approx(
+        1024 * sum(c in ("client-0", "client-2") for c in out.client_id) / out.prompt_tokens.sum()
+    )
+    plain = prefix_reuse(with_prefix_hashes(table))
+    assert plain["reusable_across_clients"] == plain["in_blocks_shared_by_clients"] == 0
 
 
 def test_bad_system_prompt_specs_name_the_option():

@@ -125,9 +125,10 @@ def with_prefix_hashes(
 
 
 def prefix_reuse(table: pa.Table, block: int | None = None) -> dict:
-    """How much of the workload's prompts an unbounded prefix cache could serve: the share of
-    prompt tokens in full blocks whose hash an earlier request (by arrival) already had, overall
-    and within a client vs only from another client's request."""
+    """How much of the workload's prompts an unbounded prefix cache could serve: the share of prompt
+    tokens in full blocks whose hash an earlier request (by arrival) of the same client had, of
+    only another client; and the share in blocks that more than one client uses (what a bounded
+    cache keeps hot for several clients, such as a shared system prompt)."""
     block = block or workload_metadata(table).get(METADATA, {}).get("block_tokens", PREFIX_BLOCK)
     seen: dict[int, set] = {}
     total = within = across = 0
@@ -144,8 +145,12 @@ def prefix_reuse(table: pa.Table, block: int | None = None) -> dict:
             elif owners:
                 across += block
             owners.add(client)
+    shared = 0
+    for prompt, hashes in zip(table["prompt_tokens"].to_pylist(), table["prefix_hashes"].to_pylist()):
+        shared += block * sum(1 for b, h in enumerate((hashes or [])[: prompt // block]) if len(seen[h]) > 1)
     return {
         "prompt_tokens": total,
         "reusable_within_client": within / total if total else 0.0,
         "reusable_across_clients": across / total if total else 0.0,
+        "in_blocks_shared_by_clients": shared / total if total else 0.0,
     }
