@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import LinearCost
 
@@ -265,7 +266,7 @@ def test_system_prompts_are_shared_across_the_clients_that_get_them():
 
 def test_bad_system_prompt_specs_name_the_option():
     for spec in ("4:2", "a:b:c", "0:1:512"):
-        with pytest.raises(InputError, match="system prompts"):
+        with pytest.raises(InputError, match="--system-prompts"):
             parse_system_prompts(spec)
 
 
@@ -307,3 +308,20 @@ def test_in_vllm_dlpm_admits_the_request_whose_prefix_vllm_has_cached(tmp_path, 
         out, _ = step(sched)
         admitted += [r.req_id for r in out.scheduled_new_reqs]
     assert admitted == order
+
+
+def test_traces_convert_writes_prefix_hashes_and_system_prompts(tmp_path):
+    from typer.testing import CliRunner
+
+    from equinox_cli.main import app
+
+    out = tmp_path / "w.parquet"
+    args = ["traces", "convert", str(SHAREGPT_20), "--turns", "all", "--clients", "4", "--rate", "1"]
+    result = CliRunner().invoke(app, [*args, "--system-prompts", "2:1:1024", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert workload_metadata(table)["prefix_hashes"]["system_prompts"]["assigned"] == {"client-0": 0, "client-1": 0}
+    assert table["prefix_hashes"].null_count == 0
+    bad = CliRunner().invoke(app, [*args, "--prefix-hashes", "0", "--out", str(tmp_path / "x.parquet")])
+    assert bad.exit_code == 2 and "--prefix-hashes" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "x.parquet").exists()

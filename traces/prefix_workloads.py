@@ -47,14 +47,14 @@ class SystemPrompts:
         for name in ("clients", "prompts", "tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a whole number >= 1, got {value!r}", source="system prompts")
+                raise InputError(f"{name} must be a whole number >= 1, got {value!r}", source="--system-prompts")
 
 
 def parse_system_prompts(spec: str) -> SystemPrompts:
     """``"CLIENTS:PROMPTS:TOKENS"``, e.g. ``"4:2:2048"``: four clients, two prompts of 2,048 tokens."""
     parts = str(spec).split(":")
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-        raise InputError(f"expected CLIENTS:PROMPTS:TOKENS (e.g. 4:2:2048), got {spec!r}", source="system prompts")
+        raise InputError(f"expected CLIENTS:PROMPTS:TOKENS (e.g. 4:2:2048), got {spec!r}", source="--system-prompts")
     return SystemPrompts(*(int(p) for p in parts))
 
 
@@ -89,7 +89,7 @@ def with_prefix_hashes(
     """``table`` with ``prefix_hashes`` from its conversations (see the module docstring), and with
     shared system prompts added to the prompts of ``system_prompts.clients`` clients."""
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise InputError(f"must be a whole number of tokens >= 1, got {block!r}", source="prefix block")
+        raise InputError(f"must be a whole number of tokens >= 1, got {block!r}", source="--prefix-hashes")
     n = table.num_rows
     clients = table["client_id"].to_pylist()
     prompt = table["prompt_tokens"].to_numpy().astype(np.int64)
