@@ -325,3 +325,18 @@ def test_traces_convert_writes_prefix_hashes_and_system_prompts(tmp_path):
     bad = CliRunner().invoke(app, [*args, "--prefix-hashes", "0", "--out", str(tmp_path / "x.parquet")])
     assert bad.exit_code == 2 and "--prefix-hashes" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_fast_forward_changes_nothing_under_dlpm():
+    rng = np.random.default_rng(7)
+    for case in range(5):
+        table, quantum, config = random_case(rng)
+        tables = []
+        for fast in (True, False):
+            policy = DLPM(quantum=quantum)
+            policy.prefix_lookup = lambda req: req.request_id % 3 * 16
+            cfg = EngineConfig(**{**config.as_dict(), "fast_forward": fast})
+            requests, _ = Simulator(cfg, LinearCost(), policy).run(table)
+            tables.append((requests, policy.deficits))
+        assert tables[0][0].equals(tables[1][0]), case
+        assert tables[0][1] == pytest.approx(tables[1][1]), case
