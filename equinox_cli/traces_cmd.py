@@ -161,6 +161,12 @@ def traces_convert(
     vllm_filter: bool = VLLM_FILTER,
     limit: Optional[int] = LIMIT,
     seed: int = SEED,
+    prefix_hashes: Optional[int] = typer.Option(
+        None, "--prefix-hashes", help="Hash every prompt's N-token blocks from its conversation (512: Mooncake's)."
+    ),
+    system_prompts: Optional[str] = typer.Option(
+        None, help="CLIENTS:PROMPTS:TOKENS: that many clients share synthetic system prompts (with prefix hashes)."
+    ),
 ):
     """Convert a trace (ShareGPT, LMSYS-Chat-1M, Mooncake, BurstGPT, Azure, VTC LMSYS, or any
     CSV/JSONL/Parquet with --map) into the canonical Parquet workload."""
@@ -168,7 +174,14 @@ def traces_convert(
     paths, out = options.pop("paths"), options.pop("out")
     _check_out(out)
     options["format"] = options.pop("fmt")
-    _write_workload(_load(paths, **options), out)
+    block, shared = options.pop("prefix_hashes"), options.pop("system_prompts")
+    table = _load(paths, **options)
+    if block is not None or shared is not None:  # traces/prefix_workloads.py
+        from traces.prefix_workloads import PREFIX_BLOCK, parse_system_prompts, with_prefix_hashes
+
+        system = parse_system_prompts(shared) if shared is not None else None
+        table = with_prefix_hashes(table, block if block is not None else PREFIX_BLOCK, system)
+    _write_workload(table, out)
 
 
 @app.command("sample")

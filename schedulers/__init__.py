@@ -10,6 +10,7 @@ import re
 from dataclasses import replace
 
 from schedulers.base import Policy, ServiceWeights
+from schedulers.dlpm import DEFAULT_QUANTUM, DLPM
 from schedulers.equinox import Equinox, EquinoxKnobs
 from schedulers.fcfs import FCFS
 from schedulers.lcf import LCF
@@ -27,6 +28,7 @@ POLICIES = {
     "rpm": (RPM, "per-client limit of N requests per minute, FCFS: rpm:N (default 5)"),
     "equinox": (Equinox, "Equinox: user + resource counters, Holistic Fairness (lengths: MoPE or moving average)"),
     "equinox-oracle": (Equinox, "Equinox with oracle output lengths"),
+    "dlpm": (DLPM, f"deficit longest prefix match, quantum Q service units: dlpm:Q (default {DEFAULT_QUANTUM:g})"),
 }
 
 _SPEC = re.compile(r"^\s*([a-z][a-z0-9-]*)\s*(?::\s*([0-9.]+)|\(\s*([0-9.]+)\s*\))?\s*$")
@@ -37,7 +39,7 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
     if not m or m.group(1) not in POLICIES:
         raise InputError(
             f"unknown scheduler {spec!r}; expected one of {', '.join(POLICIES)} "
-            "(parameters as rpm:5 or vtc-oracle:0.2)",
+            "(parameters as rpm:5, vtc-oracle:0.2 or dlpm:2048)",
             source="--scheduler",
         )
     param = m.group(2) or m.group(3)
@@ -63,7 +65,7 @@ def make_policy(
     """Build a policy; ``equinox`` knobs and a ``predictor`` session apply to the policies that use them."""
     name, param = parse_spec(spec)
     cls = POLICIES[name][0]
-    if param is not None and name not in ("rpm", "vtc-oracle"):
+    if param is not None and name not in ("rpm", "vtc-oracle", "dlpm"):
         raise InputError(f"scheduler {name!r} takes no parameter", source="--scheduler")
     if name.startswith("equinox"):
         lengths = "oracle" if name == "equinox-oracle" else ("predictor" if predictor is not None else "average")
@@ -74,9 +76,23 @@ def make_policy(
         return RPM(limit=int(param) if param is not None else 5, service=service)
     if name == "vtc-oracle":
         return VTCOracle(p=param or 0.0, seed=seed, service=service)
+    if name == "dlpm":
+        if param is not None and not param > 0:
+            raise InputError(f"dlpm:Q needs a quantum Q > 0, got {param:g}", source="--scheduler")
+        return DLPM(quantum=param if param is not None else DEFAULT_QUANTUM, service=service)
     if name == "vtc-predict":
         return VTCPredict(predictor=predictor, service=service)
     return cls(service=service)
 
 
-__all__ = ["Equinox", "EquinoxKnobs", "POLICIES", "Policy", "ServiceWeights", "make_policy", "parse_spec", "run_name"]
+__all__ = [
+    "DLPM",
+    "Equinox",
+    "EquinoxKnobs",
+    "POLICIES",
+    "Policy",
+    "ServiceWeights",
+    "make_policy",
+    "parse_spec",
+    "run_name",
+]

@@ -229,7 +229,15 @@ class FairScheduler(Scheduler):
         )  # fmt: skip
         self.waiting = FairRequestQueue(self)
         self._equinox_steps = {}
+        if self.cache_config.enable_prefix_caching:  # what DLPM orders by (Policy.prefix_lookup)
+            policy.prefix_lookup = self._equinox_cached_tokens
         return settings
+
+    def _equinox_cached_tokens(self, req) -> int:
+        """How many prompt tokens of a waiting request vLLM's prefix cache holds now (a lookup only)."""
+        entry = self.equinox._by_seq.get(req.request_id)
+        request = None if entry is None else self.waiting._reqs.get(entry.rid)
+        return 0 if request is None else int(self.kv_cache_manager.get_computed_blocks(request)[1])
 
     def _run_config(self, settings: ServingSettings, policy, name: str) -> dict:
         sc, mc = self.scheduler_config, self.vllm_config.model_config
