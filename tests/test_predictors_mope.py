@@ -214,6 +214,20 @@ def test_the_benchmark_split_keeps_test_conversations_out_of_development(tmp_pat
     assert dev == {f"id{i}" for i in range(10) if i != 3} and test == {f"id{i}" for i in range(10, 16) if i != 12}
 
 
+def test_the_replay_gives_each_session_the_workloads_conversations(trained, tmp_path):
+    bundle = predictors.load_bundle(trained.bundle)
+    seen, session = [], bundle.session
+
+    def recording(model="mope", conversations=None):
+        seen.append(conversations)
+        return session(model, conversations)
+
+    bundle.session = recording
+    workload = experts_workload(n=60)
+    replay(workload, ["vtc-predict", "equinox"], tmp_path / "runs", preset=PRESET, predictors=bundle)
+    assert seen == [workload.column("conversation_id").to_pylist()] * 2
+
+
 # -- quantiles -------------------------------------------------------------------------------
 
 
