@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from engine.replay import replay  # noqa: E402
 from predictors import evaluate, load_bundle, train  # noqa: E402
-from predictors.bundle import QUANTILES  # noqa: E402
+from predictors.bundle import QUANTILES, Bundle  # noqa: E402
 from predictors.text import CATEGORIES  # noqa: E402
 from traces import load_workload  # noqa: E402
 
@@ -130,7 +130,8 @@ def ablation(dev_runs, seed: int) -> None:
     held, _ = split(logs, 0.2, np.random.default_rng(seed))
     tr, va = logs.requests[~held], logs.requests[held]
     prior = float(tr["output_tokens"].mean())
-    text, oof = text_model(list(tr["ngrams"]), np.log1p(tr["output_tokens"].to_numpy()))
+    arrays, oof = text_model(list(tr["ngrams"]), np.log1p(tr["output_tokens"].to_numpy()))
+    text = Bundle(Path("."), {}, arrays)  # scores prompts as a bundle's sessions do
     Xt = request_matrix(tr, prior, _signal_matrix(tr), oof)
     Xv = request_matrix(va, prior, _signal_matrix(va), text_scores(text, list(va["ngrams"])))
     yt, yv = tr["output_tokens"].to_numpy(float), va["output_tokens"].to_numpy(float)

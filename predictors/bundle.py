@@ -155,6 +155,17 @@ class Bundle:
         prefix = f"{group}.{model}."
         return {k.removeprefix(prefix): v for k, v in self.arrays.items() if k.startswith(prefix)}
 
+    def text_model(self) -> tuple[list, list, float]:
+        """The TF-IDF text model as Python lists (idf, weights) and its bias, made once per bundle."""
+        if getattr(self, "_text_lists", None) is None:
+            arrays = self.arrays
+            self._text_lists = (
+                arrays["text.idf"].tolist(),
+                arrays["text.weights"].tolist(),
+                float(arrays["text.bias"][0]),
+            )
+        return self._text_lists
+
     def session(self, model: str = "mope", conversations=None) -> "Session":
         """A fresh inference session (its own client and conversation history): ``mope`` or the
         ``single`` baseline; ``conversations`` (optional) is the workload's ``conversation_id``
@@ -339,9 +350,7 @@ class Session:
         request = bundle.model_arrays("request", model)
         self._forest = RequestForest(request, bundle.manifest)
         self._step_forest = Forest(bundle.model_arrays("step", model))
-        self._idf = bundle.arrays["text.idf"]
-        self._text_weights = bundle.arrays["text.weights"]
-        self._text_bias = float(bundle.arrays["text.bias"][0])
+        self._idf, self._text_weights, self._text_bias = bundle.text_model()
         self._factors = request["quantile_factor"]
         router = bundle.manifest["router"]
         self._step_thresholds = np.array(router["step"]["thresholds"]) if self._mope else None

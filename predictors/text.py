@@ -15,8 +15,9 @@ with ``--turns all``):
 * the language: the fraction of characters outside ASCII, and flags for CJK, Hangul,
   Cyrillic and other scripts.
 
-``ngram_buckets(text)`` hashes the lower-cased words and word pairs into ``NGRAM_BUCKETS``
-(CRC-32, sorted distinct), with their counts, for the TF-IDF text model (``tfidf_score``).
+``ngram_counts(words)`` hashes the lower-cased words and word pairs into ``NGRAM_BUCKETS``
+(CRC-32) with their counts, for the TF-IDF text model (``tfidf_score``); ``text_features``
+gives a prompt's signals and sorted buckets and counts at once.
 
 ``category(text, prompt_tokens)`` is the router's rule (``CATEGORIES``), deterministic and
 ordered: the first that matches wins.
@@ -27,8 +28,7 @@ from __future__ import annotations
 import re
 import string
 import zlib
-
-import numpy as np
+from math import log, sqrt
 
 NGRAM_BUCKETS = 2**17
 _SEPARATORS = bytes(32 if chr(b) in string.punctuation and chr(b) != "_" else b for b in range(256))
@@ -82,6 +82,13 @@ KEYWORDS = {
 }
 _KEYWORD_WORDS = [frozenset(w.encode() for w in words.split()) for words, _ in KEYWORDS.values()]
 _KEYWORD_PHRASES = [[p.encode() for p in phrases.split("|") if p] for _, phrases in KEYWORDS.values()]
+_FLAG_WORDS: dict[bytes, list[int]] = {}
+_PHRASE_STARTS: dict[bytes, list[tuple[int, bytes]]] = {}
+for _k, (_words, _phrases) in zip(range(len(_KEYWORD_WORDS)), zip(_KEYWORD_WORDS, _KEYWORD_PHRASES)):
+    for _w in _words:
+        _FLAG_WORDS.setdefault(_w, []).append(_k)
+    for _p in _phrases:
+        _PHRASE_STARTS.setdefault(_p.split()[0], []).append((_k, b" " + _p + b" "))
 _CONTINUE_FLAG, _TABLE_FLAG = list(KEYWORDS).index("continue"), list(KEYWORDS).index("table")
 _CONTINUE = {w.encode() for w in ("continue", "go", "keep", "more", "next", "finish", "ok", "okay", "yes")}
 _QUESTION = {
@@ -143,17 +150,24 @@ def _asks(words: list[bytes]) -> tuple[float, float, float, float]:
 def signals(text: str | None, prompt_tokens: float, words: list[bytes] | None = None) -> tuple[float, ...]:
     """The ``SIGNALS`` of one prompt (what an empty prompt gives without text); ``words`` are
     its ``words_of`` when the caller has them."""
-    text = text or ""
+    if not text:
+        return (*_EMPTY[:3], max(0.0, float(prompt_tokens)), *_EMPTY[4:])
     words = words_of(text) if words is None else words
     chars = len(text)
     head = text[:4000]
     n = max(len(head), 1)
     vocabulary = set(words)
-    joined = b" " + b" ".join(words) + b" "
-    flags = [
-        float(not vocabulary.isdisjoint(kw) or any(b" " + p + b" " in joined for p in phrases))
-        for kw, phrases in zip(_KEYWORD_WORDS, _KEYWORD_PHRASES)
-    ]
+    flags = [0.0] * len(KEYWORDS)
+    for word in vocabulary & _FLAG_WORDS.keys():  # a keyword flag: any of its words...
+        for k in _FLAG_WORDS[word]:
+            flags[k] = 1.0
+    starts = vocabulary & _PHRASE_STARTS.keys()
+    if starts:  # ... or any of its phrases, as consecutive words
+        joined = b" " + b" ".join(words) + b" "
+        for word in starts:
+            for k, phrase in _PHRASE_STARTS[word]:
+                if not flags[k] and phrase in joined:
+                    flags[k] = 1.0
     if text.count("|") >= 2:
         flags[_TABLE_FLAG] = 1.0
     flags[_CONTINUE_FLAG] = float(bool(words) and words[0] in _CONTINUE)
@@ -183,6 +197,7 @@ def signals(text: str | None, prompt_tokens: float, words: list[bytes] | None = 
 
 
 _INDEX = {name: i for i, name in enumerate(SIGNALS)}
+_EMPTY = (0.0,) * len(SIGNALS)  # what a prompt without text gives (but history_tokens = prompt_tokens)
 
 
 def category(values: tuple[float, ...]) -> int:
@@ -208,35 +223,38 @@ def category(values: tuple[float, ...]) -> int:
     return 6
 
 
-def ngram_buckets(text: str | None, words: list[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct hash buckets of the words and word pairs of a prompt (``words_of``), and their counts."""
+def ngram_counts(words: list[bytes]) -> dict[int, int]:
+    """Hash bucket -> count of the words and word pairs of a prompt's ``words_of``."""
+    crc, counts = zlib.crc32, {}
+    get = counts.get
+    for w in words:
+        g = crc(w) % NGRAM_BUCKETS
+        counts[g] = get(g, 0) + 1
+    for a, b in zip(words, words[1:]):
+        g = crc(b" " + b, crc(a)) % NGRAM_BUCKETS  # the CRC-32 of a + b" " + b
+        counts[g] = get(g, 0) + 1
+    return counts
+
+
+def text_features(text: str | None, prompt_tokens: float) -> tuple[tuple[float, ...], list[int], list[int]]:
+    """``signals``, and the sorted n-gram buckets and their counts (``ngram_counts``) of one
+    prompt, its words split once."""
     if not text:
-        return np.zeros(0, dtype=np.intp), np.zeros(0)
-    words = words_of(text) if words is None else words
-    crc = zlib.crc32
-    grams = [crc(w) for w in words]
-    grams += [crc(b" " + b, crc(a)) for a, b in zip(words, words[1:])]
-    buckets, counts = np.unique(np.array(grams, dtype=np.int64) % NGRAM_BUCKETS, return_counts=True)
-    return buckets.astype(np.intp), counts.astype(np.float64)
+        return signals(text, prompt_tokens), [], []
+    words = words_of(text)
+    counts = ngram_counts(words)
+    buckets = sorted(counts)
+    return signals(text, prompt_tokens, words), buckets, [counts[b] for b in buckets]
 
 
-def text_features(text: str | None, prompt_tokens: float) -> tuple[tuple[float, ...], np.ndarray, np.ndarray]:
-    """``signals`` and ``ngram_buckets`` of one prompt, its words split once."""
-    words = words_of(text) if text else []
-    return signals(text, prompt_tokens, words), *ngram_buckets(text, words)
-
-
-def tfidf_row(buckets: np.ndarray, counts: np.ndarray, idf: np.ndarray) -> np.ndarray:
-    """The TF-IDF values of one prompt's buckets: (1 + log count) * idf, scaled to unit length."""
-    if not len(buckets):
-        return counts
-    v = (1.0 + np.log(counts)) * idf[buckets]
-    norm = np.sqrt(v @ v)
-    return v / norm if norm > 0 else v
-
-
-def tfidf_score(buckets: np.ndarray, counts: np.ndarray, idf: np.ndarray, weights: np.ndarray, bias: float) -> float:
-    """The linear text model's score of one prompt (log(1 + output tokens))."""
-    if not len(buckets):
-        return bias
-    return bias + float(tfidf_row(buckets, counts, idf) @ weights[buckets])
+def tfidf_score(buckets, counts, idf, weights, bias: float) -> float:
+    """The linear text model's score (of log(1 + output tokens)) of one prompt given by its
+    sorted buckets and their counts: bias + w . v / |v| with v = (1 + log count) * idf.  Plain
+    Python over sequences (lists are faster to index one by one than arrays), summed in bucket
+    order, so that logs and Requests score identically."""
+    dot = norm = 0.0
+    for b, c in zip(buckets, counts):
+        v = (1.0 + log(c)) * idf[b]
+        dot += v * weights[b]
+        norm += v * v
+    return bias + dot / sqrt(norm) if norm > 0 else bias

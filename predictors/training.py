@@ -72,7 +72,7 @@ from predictors.forest import (
     fit_median_trees,
     fit_trees,
 )
-from predictors.text import CATEGORIES, NGRAM_BUCKETS, SIGNALS, category, text_features
+from predictors.text import CATEGORIES, NGRAM_BUCKETS, SIGNALS, category, text_features, tfidf_score
 from schedulers.vtc_predict import WINDOW
 from traces.errors import InputError
 
@@ -206,7 +206,7 @@ def _run_requests(frame: pd.DataFrame, run: int, workload: str) -> pd.DataFrame:
     prompts = [t if isinstance(t, str) else None for t in req["prompt"]]
     text = [text_features(t, n) for t, n in zip(prompts, req["prompt_tokens"].tolist())]
     out["signals"] = [v for v, _, _ in text]
-    out["ngrams"] = [(b, c) for _, b, c in text]
+    out["ngrams"] = [(b, c) for _, b, c in text]  # sorted bucket and count lists
     out["category"] = [category(v) for v in out["signals"]]
     out["run"] = run
     return out
@@ -267,16 +267,16 @@ def load_logs(paths) -> Logs:
 
 
 def ngram_matrix(ngrams: list) -> sp.csr_matrix:
-    """The n-gram counts of prompts given by their ``ngram_buckets``."""
-    lengths = np.array([len(b) for b, _ in ngrams])
+    """The n-gram counts of prompts given by their (buckets, counts) of ``text.text_features``."""
+    lengths = np.array([len(b) for b, _ in ngrams], dtype=np.int64)
     indptr = np.concatenate(([0], np.cumsum(lengths)))
-    indices = np.concatenate([b for b, _ in ngrams] or [np.zeros(0, dtype=np.intp)])
-    values = np.concatenate([c for _, c in ngrams] or [np.zeros(0)])
+    indices = np.fromiter((i for b, _ in ngrams for i in b), dtype=np.int64, count=int(lengths.sum()))
+    values = np.fromiter((v for _, c in ngrams for v in c), dtype=np.float64, count=int(lengths.sum()))
     return sp.csr_matrix((values, indices, indptr), shape=(len(ngrams), NGRAM_BUCKETS))
 
 
 def tfidf_matrix(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
-    """``text.tfidf_row`` of every row at once."""
+    """TF-IDF rows, (1 + log count) * idf scaled to unit length (``text.tfidf_score``'s), all at once."""
     out = counts.copy()
     out.data = (1.0 + np.log(out.data)) * idf[out.indices]
     norms = np.sqrt(np.asarray(out.multiply(out).sum(axis=1)).ravel())
@@ -305,10 +305,10 @@ def text_model(ngrams: list, y_log: np.ndarray) -> tuple[dict[str, np.ndarray], 
     return arrays, oof
 
 
-def text_scores(arrays: dict, ngrams: list) -> np.ndarray:
-    """The text model's scores of logged prompts (what ``text.tfidf_score`` gives one by one)."""
-    X = tfidf_matrix(ngram_matrix(ngrams), arrays["text.idf"])
-    return X @ arrays["text.weights"] + float(arrays["text.bias"][0])
+def text_scores(bundle: Bundle, ngrams: list) -> np.ndarray:
+    """The text model's scores of logged prompts, as ``Session`` scores a Request (``text.tfidf_score``)."""
+    idf, weights, bias = bundle.text_model()
+    return np.array([tfidf_score(b, c, idf, weights, bias) for b, c in ngrams], dtype=np.float64)
 
 
 def _signal_matrix(req: pd.DataFrame) -> np.ndarray:
@@ -414,7 +414,7 @@ def _fit_group(frame, bucket_of, fit, targets, what: str) -> tuple[dict, dict, l
 def request_features(bundle: Bundle, model: str, req: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The feature matrix of logged requests and their experts, as ``Session`` builds them."""
     expert = req["category"].to_numpy(np.intp) if model == "mope" else np.zeros(len(req), dtype=np.intp)
-    score = text_scores(bundle.arrays, list(req["ngrams"]))
+    score = text_scores(bundle, list(req["ngrams"]))
     X = request_matrix(req, bundle.manifest["priors"]["output_tokens"], _signal_matrix(req), score)
     return X, expert
 
