@@ -31,7 +31,15 @@ from engine.request import Request
 from engine.results import atomic_directory, atomic_write_json
 from predictors.features import NO_HISTORY, REQUEST_FEATURES, STEP_FEATURES
 from predictors.forest import Forest, tree_shapes
-from predictors.text import CATEGORIES, NGRAM_BUCKETS, category, text_features, tfidf_score
+from predictors.text import (
+    CATEGORIES,
+    FOLLOWUP_TOKENS,
+    NGRAM_BUCKETS,
+    SIGNALS,
+    category,
+    text_features,
+    tfidf_score,
+)
 from traces.errors import InputError
 
 FORMAT = "equinox-mope"
@@ -303,6 +311,10 @@ def _read_arrays(data: bytes, expected: dict, where: str) -> dict[str, np.ndarra
 # -- inference -----------------------------------------------------------------------------
 
 
+FOLLOWUP, OTHER = CATEGORIES.index("followup"), CATEGORIES.index("other")
+_NO_TEXT = (0.0,) * (len(SIGNALS) - 4)  # the signals after history_tokens without text
+
+
 class RequestForest:
     """The request targets' trees: output length (all its trees) and the latency targets (the
     ``model.latency_and_steps`` trees and depth that ``fit_trees`` padded to the request shape)."""
@@ -380,6 +392,11 @@ class Session:
         """A request's expert and the features that depend neither on the client nor on the
         conversation history: ``prompt_tokens``, the arrival state, then the text's signals
         and score (what an empty prompt gives without text)."""
+        if not req.prompt:  # what text_features, category and tfidf_score give without text
+            tokens = float(req.prompt_tokens)
+            expert = (FOLLOWUP if tokens > FOLLOWUP_TOKENS else OTHER) if self._mope else 0
+            values = (0.0, 0.0, 0.0, max(0.0, tokens), *_NO_TEXT)
+            return expert, (req.prompt_tokens, *req.arrival_state, *values, self._text_bias)
         values, buckets, counts = text_features(req.prompt, req.prompt_tokens)
         expert = category(values) if self._mope else 0
         score = tfidf_score(buckets, counts, self._idf, self._text_weights, self._text_bias)

@@ -228,6 +228,22 @@ def test_the_replay_gives_each_session_the_workloads_conversations(trained, tmp_
     assert seen == [workload.column("conversation_id").to_pylist()] * 2
 
 
+def test_a_request_without_text_gets_what_the_text_features_of_an_empty_prompt_give(trained):
+    from predictors.text import category, text_features, tfidf_score
+
+    bundle = predictors.load_bundle(trained.bundle)
+    idf, weights, bias = bundle.text_model()
+    for model in ("mope", "single"):
+        session = bundle.session(model)
+        for tokens in (1, 16, 17, 900):
+            req = Request(tokens, "a", 0.0, tokens, 1)
+            req.arrival_state = (3, 40, 2, 0.5)
+            values, buckets, counts = text_features(None, tokens)
+            expert = category(values) if model == "mope" else 0
+            general = (tokens, 3, 40, 2, 0.5, *values, tfidf_score(buckets, counts, idf, weights, bias))
+            assert session._prompt_features(req) == (expert, general)
+
+
 # -- quantiles -------------------------------------------------------------------------------
 
 
