@@ -297,10 +297,11 @@ def text_model(ngrams: list, y_log: np.ndarray) -> tuple[dict[str, np.ndarray], 
         ridge = Ridge(alpha=TEXT_ALPHA).fit(X[folds != fold], y_log[folds != fold])
         oof[folds == fold] = ridge.predict(X[folds == fold])
     ridge = Ridge(alpha=TEXT_ALPHA).fit(X, y_log)
+    # rounded to float32: the solver's last bits vary with the number of BLAS threads
     arrays = {
         "text.idf": idf,
-        "text.weights": ridge.coef_.astype(np.float64),
-        "text.bias": np.array([ridge.intercept_]),
+        "text.weights": ridge.coef_.astype(np.float32).astype(np.float64),
+        "text.bias": np.array([ridge.intercept_], dtype=np.float32).astype(np.float64),
     }
     return arrays, oof
 
