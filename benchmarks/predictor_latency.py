@@ -32,7 +32,14 @@ from engine.request import Request  # noqa: E402
 from predictors import load_bundle, train  # noqa: E402
 from traces import load_workload  # noqa: E402
 
-SHAREGPT = ROOT.parent / "shared/data/sharegpt/ShareGPT_V3_unfiltered_cleaned_split.first2000.json"
+SHAREGPT = next(
+    (
+        d / "shared/data/sharegpt/ShareGPT_V3_unfiltered_cleaned_split.first2000.json"
+        for d in (ROOT.parent, ROOT.parents[1])
+        if (d / "shared/data/sharegpt").is_dir()
+    ),
+    ROOT.parent / "shared/data/sharegpt/ShareGPT_V3_unfiltered_cleaned_split.first2000.json",
+)
 PRESET = "a100-llama2-7b"
 BATCHES = (1, 64, 1024)
 REPEATS = 5

@@ -89,6 +89,13 @@ def write_run(run_dir: Path, requests: pa.Table, steps: pa.Table, config: dict, 
         write_run_files(tmp, requests, steps, config, counters)
 
 
+def _conversations(workload):
+    """The workload's conversation per row (a MoPE session reads a request's earlier turns by it), or None."""
+    if "conversation_id" not in workload.column_names:
+        return None
+    return workload.column("conversation_id").to_pylist()
+
+
 def replay(
     workload: pa.Table,
     schedulers: list[str],
@@ -133,7 +140,7 @@ def replay(
             seed=seed,
             service=service,
             equinox=equinox,
-            predictor=predictors.session() if predictors is not None else None,
+            predictor=predictors.session(conversations=_conversations(workload)) if predictors is not None else None,
         )
         for spec in schedulers
     ]

@@ -19,7 +19,13 @@ UNITS = {  # shown unit, scale from the stored unit
     "utilization": ("MFU, %", 100.0),
     "tokens_per_s": ("tokens/s", 1.0),
 }
-LABELS = {"mope": "MoPE", "single": "single", "moving-average": "moving avg"}
+LABELS = {
+    "mope": "MoPE",
+    "single": "single",
+    "moving-average": "moving avg",
+    "training-mean": "training mean",
+    "training-median": "training median",
+}
 
 
 @user_errors
@@ -32,7 +38,8 @@ def train_predictors(
     holdout: float = typer.Option(0.2, help="Fraction of conversations (and steps) held out for the metrics."),
     seed: int = typer.Option(42, help="Seed of the split and of the models."),
 ):
-    """Train MoPE predictors (3 experts per target) and print held-out errors next to the baselines."""
+    """Train MoPE predictors (experts by prompt category; by batch size for steps) and print held-out
+    errors next to the baselines (output length: also Kendall tau and the calibrated p90's coverage)."""
     import predictors
 
     if (out is None) == (evaluate is None):
@@ -62,13 +69,15 @@ def _table(metrics: dict, title: str):
     table = Table(title=title, caption="absolute error: mean and percentiles")
     table.add_column("target", no_wrap=True)
     table.add_column("model", no_wrap=True)
-    for header in ("n", "MAE", "p50", "p90", "p99"):
+    for header in ("n", "MAE", "p50", "p90", "p99", "Kendall tau", "p90 coverage"):
         table.add_column(header, justify="right")
     for target, by_model in metrics.items():
         unit, scale = UNITS[target]
         names = [target, f"[dim]{unit}[/]"]
         for i, (model, m) in enumerate(by_model.items()):
             cells = [_number(None if m[k] is None else m[k] * scale) for k in ("mae", "p50", "p90", "p99")]
+            coverage = m.get("p90_coverage")
+            cells += [_number(m.get("tau")), "-" if coverage is None else f"{coverage:.1%}"]
             table.add_row(
                 names[i] if i < len(names) else "",
                 LABELS[model],

@@ -2,14 +2,17 @@
 
 Predicts, before execution, a request's output length, TTFT, time per output token and
 end-to-end latency, and an engine step's time, throughput and utilization, from what is
-known then.  Three experts per target, chosen by a fixed router (prompt-length bucket for
-requests, prefill-size bucket for steps), each a small gradient-boosted tree model; a
-single model of the same family and VTC-predict's moving average are the baselines.
+known then, and a calibrated high quantile of the output length (``output_quantile``).
+Experts chosen by a fixed router (the prompt's category for requests, prefill-size bucket
+for steps), each a small gradient-boosted tree model (an output-length expert: the single
+model's trees plus its own, fitted to the residuals of its category); the single model,
+VTC-predict's moving average and the training mean and median are the baselines.
 
 * ``train(run_dirs, out_dir, holdout=0.2, seed=42)`` -> ``Report``; writes a bundle.
 * ``evaluate(bundle_dir, run_dirs)`` -> ``Report`` on other logs.
 * ``load_bundle(path, preset=None)`` -> ``Bundle``; ``bundle.session()`` -> ``Session``
-  with ``predict``, ``predict_one``, ``observe``, ``step`` and ``step_time``.
+  with ``predict``, ``predict_one``, ``observe``, ``arrive``, ``output_tokens``,
+  ``output_quantile``, ``step`` and ``step_time``.
 
 docs/PREDICTORS.md describes the features, the router, the bundle format and the numbers.
 """

@@ -22,7 +22,6 @@ import io
 import json
 import warnings
 import zipfile
-from bisect import bisect_left
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,15 +29,25 @@ import numpy as np
 
 from engine.request import Request
 from engine.results import atomic_directory, atomic_write_json
-from predictors.features import REQUEST_FEATURES, STEP_FEATURES, TEXT_BUCKETS, text_buckets, text_score
+from predictors.features import NO_HISTORY, REQUEST_FEATURES, STEP_FEATURES
 from predictors.forest import Forest, tree_shapes
+from predictors.text import (
+    CATEGORIES,
+    FOLLOWUP_TOKENS,
+    NGRAM_BUCKETS,
+    SIGNALS,
+    category,
+    text_features,
+    tfidf_score,
+)
 from traces.errors import InputError
 
 FORMAT = "equinox-mope"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 MODELS = "models.npz"
-EXPERTS = 3
+EXPERTS = {"request": len(CATEGORIES), "step": 3}  # request experts: one per prompt category
+QUANTILES = (0.5, 0.75, 0.8, 0.9, 0.95, 0.99)  # the calibrated quantile factors of the output length
 MAX_TREES, MAX_DEPTH = 10_000, 12  # bounds on what a manifest may declare
 REQUEST_TARGETS = ("output_tokens", "ttft_s", "tpot_s", "e2e_s")
 STEP_TARGETS = ("step_s", "utilization")
@@ -80,7 +89,7 @@ def route(thresholds, x):
 def array_shapes(group: str, model: str, trees: int, depth: int) -> dict[str, tuple[tuple[int, ...], type]]:
     """The arrays a group's model has, with their shapes and dtypes."""
     targets, _ = GROUPS[group]
-    e, k = (EXPERTS if model == "mope" else 1), len(targets)
+    e, k = (EXPERTS[group] if model == "mope" else 1), len(targets)
     inner, leaves = tree_shapes(trees, depth)
     shapes = {
         "feature": ((e, k, *inner), np.int32),
@@ -89,13 +98,24 @@ def array_shapes(group: str, model: str, trees: int, depth: int) -> dict[str, tu
         "init": ((e, k), np.float64),
     }
     if group == "request":
-        shapes["text_weights"] = ((e, TEXT_BUCKETS), np.float64)
-        shapes["text_bias"] = ((e,), np.float64)
+        shapes["quantile_factor"] = ((e, len(QUANTILES)), np.float64)
     return {f"{group}.{model}.{name}": spec for name, spec in shapes.items()}
 
 
-def expected_arrays(trees: int, depth: int) -> dict[str, tuple[tuple[int, ...], type]]:
-    return {k: v for g in GROUPS for m in ("mope", "single") for k, v in array_shapes(g, m, trees, depth).items()}
+TEXT_ARRAYS = {
+    "text.idf": ((NGRAM_BUCKETS,), np.float64),
+    "text.weights": ((NGRAM_BUCKETS,), np.float64),
+    "text.bias": ((1,), np.float64),
+}
+
+
+def expected_arrays(model: dict) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Every array of a bundle whose manifest's ``model`` gives ``<group>.trees`` and ``.depth``."""
+    out = dict(TEXT_ARRAYS)
+    for g in GROUPS:
+        for m in ("mope", "single"):
+            out.update(array_shapes(g, m, model[g]["trees"], model[g]["depth"]))
+    return out
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -143,11 +163,24 @@ class Bundle:
         prefix = f"{group}.{model}."
         return {k.removeprefix(prefix): v for k, v in self.arrays.items() if k.startswith(prefix)}
 
-    def session(self, model: str = "mope") -> "Session":
-        """A fresh inference session (its own client history): ``mope`` or the ``single`` baseline."""
+    def text_model(self) -> tuple[list, list, float]:
+        """The TF-IDF text model as Python lists (idf, weights) and its bias, made once per bundle."""
+        if getattr(self, "_text_lists", None) is None:
+            arrays = self.arrays
+            self._text_lists = (
+                arrays["text.idf"].tolist(),
+                arrays["text.weights"].tolist(),
+                float(arrays["text.bias"][0]),
+            )
+        return self._text_lists
+
+    def session(self, model: str = "mope", conversations=None) -> "Session":
+        """A fresh inference session (its own client and conversation history): ``mope`` or the
+        ``single`` baseline; ``conversations`` (optional) is the workload's ``conversation_id``
+        per row, for requests whose ``row`` is set (the simulator's)."""
         if model not in ("mope", "single"):
             raise InputError(f"unknown model {model!r}; expected mope or single", source=str(self.path))
-        return Session(self, model)
+        return Session(self, model, conversations)
 
 
 def load_bundle(path, preset: str | None = None) -> Bundle:
@@ -163,7 +196,7 @@ def load_bundle(path, preset: str | None = None) -> Bundle:
     data = models.read_bytes()
     if hashlib.sha256(data).hexdigest() != manifest["files"].get(MODELS):
         raise InputError(f"{MODELS} does not match the checksum in {MANIFEST}: the file was changed", source=where)
-    arrays = _read_arrays(data, expected_arrays(manifest["model"]["trees"], manifest["model"]["depth"]), where)
+    arrays = _read_arrays(data, expected_arrays(manifest["model"]), where)
     bundle = Bundle(path, manifest, arrays)
     if preset is not None and preset != bundle.preset:
         warnings.warn(
@@ -198,19 +231,32 @@ def _read_manifest(path: Path) -> dict:
         ),
         (isinstance(_get(manifest, "engine", "preset"), str), "engine.preset must be a preset name"),
         (isinstance(manifest.get("files"), dict), "files must map file names to checksums"),
-        (_whole(_get(manifest, "model", "trees"), 1, MAX_TREES), f"model.trees must be a whole number 1..{MAX_TREES}"),
-        (_whole(_get(manifest, "model", "depth"), 1, MAX_DEPTH), f"model.depth must be a whole number 1..{MAX_DEPTH}"),
+        (
+            _get(manifest, "router", "request", "categories") == list(CATEGORIES),
+            f"router.request.categories must be {list(CATEGORIES)}",
+        ),
+        (_get(manifest, "quantiles") == list(QUANTILES), f"quantiles must be {list(QUANTILES)}"),
     ]
     for group, (targets, features) in GROUPS.items():
-        thresholds = _get(manifest, "router", group, "thresholds")
         checks += [
             (_get(manifest, "targets", group) == list(targets), f"targets.{group} must be {list(targets)}"),
             (_get(manifest, "features", group) == list(features), f"features.{group} must be {list(features)}"),
             (
-                _numbers(thresholds, EXPERTS - 1) and thresholds == sorted(thresholds),
-                f"router.{group}.thresholds must be {EXPERTS - 1} non-decreasing numbers",
+                _whole(_get(manifest, "model", group, "trees"), 1, MAX_TREES),
+                f"model.{group}.trees must be a whole number 1..{MAX_TREES}",
+            ),
+            (
+                _whole(_get(manifest, "model", group, "depth"), 1, MAX_DEPTH),
+                f"model.{group}.depth must be a whole number 1..{MAX_DEPTH}",
             ),
         ]
+    thresholds = _get(manifest, "router", "step", "thresholds")
+    checks.append(
+        (
+            _numbers(thresholds, EXPERTS["step"] - 1) and thresholds == sorted(thresholds),
+            f"router.step.thresholds must be {EXPERTS['step'] - 1} non-decreasing numbers",
+        )
+    )
     for ok, message in checks:
         if not ok:
             raise InputError(message, source=where)
@@ -254,7 +300,9 @@ def _read_arrays(data: bytes, expected: dict, where: str) -> dict[str, np.ndarra
             )
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise InputError(f"{MODELS}: array {name} has non-finite values", source=where)
-        width = len(GROUPS[name.split(".")[0]][1])
+        if name.endswith(".feature") and not a.size:
+            continue
+        width = len(GROUPS[name.split(".")[0]][1]) if name.endswith(".feature") else 0
         if name.endswith(".feature") and ((a < 0) | (a >= width)).any():
             raise InputError(f"{MODELS}: array {name} names features outside 0..{width - 1}", source=where)
     return arrays
@@ -263,46 +311,76 @@ def _read_arrays(data: bytes, expected: dict, where: str) -> dict[str, np.ndarra
 # -- inference -----------------------------------------------------------------------------
 
 
+FOLLOWUP, OTHER = CATEGORIES.index("followup"), CATEGORIES.index("other")
+_NO_TEXT = (0.0,) * (len(SIGNALS) - 4)  # the signals after history_tokens without text
+
+
+class RequestForest:
+    """The request targets' trees: output length (all its trees) and the latency targets (the
+    ``model.latency_and_steps`` trees and depth that ``fit_trees`` padded to the request shape)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], manifest: dict):
+        small = manifest["model"].get("latency_and_steps", {})
+        self.output = Forest(arrays, targets=[0])
+        self.latency = Forest(
+            arrays, targets=list(range(1, len(REQUEST_TARGETS))), **{k: small.get(k) for k in ("trees", "depth")}
+        )
+
+    def predict(self, X: np.ndarray, expert: np.ndarray) -> np.ndarray:
+        return np.column_stack([self.output.predict(X, expert), self.latency.predict(X, expert)])
+
+
 class Session:
-    """Predictions for the scheduler's hot path, with the client history of one replay.
+    """Predictions for the scheduler's hot path, with the client and conversation history of one replay.
 
     ``predict(reqs)`` and ``predict_one(req)`` use only what a Request carries before it
-    runs and the client history at the call; ``observe(req)`` records a finished request.
-    A request's prompt features and expert are computed at first sight and kept until it is
-    observed.
+    runs and the client and conversation history at the call; ``observe(req)`` records a
+    finished request.  A request's prompt features and expert are computed at first sight
+    and kept until it is observed.
+
+    A request's conversation is ``conversations[req.row]`` when the session was given the
+    workload's ``conversation_id`` column (``Bundle.session(conversations=...)``; the replay
+    does), else its ``conversation_id`` attribute if it has one, else none: then the
+    conversation features say no earlier reply finished.
 
     ``arrive(req)`` and ``output_tokens(req)`` are the scheduler's amortised path (Equinox):
-    ``arrive`` takes a request's features at its arrival, the client history included (what
+    ``arrive`` takes a request's features at its arrival, the history included (what
     features.py defines for training: requests finished before it arrived), and
     ``output_tokens`` returns its predicted output length, predicting every arrived request
     not predicted yet in one batch, for the output length alone.  The feature rows are
-    dropped once predicted, and a prediction once taken.
+    dropped once predicted, a prediction once taken.  ``output_quantile(req, q)`` is the
+    calibrated q-quantile of its output length (the central prediction times the factor
+    calibrated on held-out requests of its expert).
     """
 
     BATCH_ROWS = 1024  # largest batch predicted at once (bounds the temporary arrays; cache-sized)
 
-    def __init__(self, bundle: Bundle, model: str):
+    def __init__(self, bundle: Bundle, model: str, conversations=None):
         self.bundle = bundle
         self.model = model
+        self._mope = model == "mope"
         request = bundle.model_arrays("request", model)
-        self._forest = Forest(request)
+        self._forest = RequestForest(request, bundle.manifest)
         self._step_forest = Forest(bundle.model_arrays("step", model))
-        self._text = list(zip(request["text_weights"], request["text_bias"].tolist()))
+        self._idf, self._text_weights, self._text_bias = bundle.text_model()
+        self._factors = request["quantile_factor"]
         router = bundle.manifest["router"]
-        self._thresholds = np.array(router["request"]["thresholds"]) if model == "mope" else None
-        self._step_thresholds = np.array(router["step"]["thresholds"]) if model == "mope" else None
+        self._step_thresholds = np.array(router["step"]["thresholds"]) if self._mope else None
         self._floors = np.array([FLOORS.get(t, 0.0) for t in REQUEST_TARGETS])
         self._prior = float(bundle.manifest["priors"]["output_tokens"])
+        self._conversation_of_row = conversations
         self._history: dict[str, list] = {}  # client -> [sum of output tokens, finished requests]
+        self._conversations: dict[object, list] = {}  # conversation -> [last, sum, max, finished]
         self._seen: dict[object, tuple] = {}  # request_id -> (expert, static features)
         # the amortised path: output lengths only, features taken at arrival, predicted in batches
-        self._output_forest = Forest(request, targets=[REQUEST_TARGETS.index("output_tokens")])
+        self._output_forest = self._forest.output
         self._output_floor = FLOORS.get("output_tokens", 0.0)
-        self._threshold_list = None if self._thresholds is None else self._thresholds.tolist()
         self._arrived_ids: list = []  # arrived requests not predicted yet: ids, experts, feature rows
         self._arrived_experts: list[int] = []
         self._arrived: list = []  # their feature rows one after the other (a flat list converts faster)
         self._output: dict[object, float] = {}  # request_id -> predicted output tokens, until taken
+        self._experts: dict[object, int] = {}  # request_id -> expert, for output_quantile
+        self._taken: dict[object, float] = {}  # request_id -> the prediction output_tokens gave, until it finishes
 
     def _static(self, req: Request) -> tuple:
         seen = self._seen.get(req.request_id)
@@ -311,27 +389,41 @@ class Session:
         return seen
 
     def _prompt_features(self, req: Request) -> tuple[int, tuple]:
-        """A request's expert and the features that do not depend on the client history."""
-        if self._threshold_list is None:
-            expert = 0
-        else:  # route(): the first threshold >= prompt_tokens (searchsorted, side="left")
-            expert = bisect_left(self._threshold_list, req.prompt_tokens)
-        weights, bias = self._text[expert]
-        if req.prompt:
-            buckets = text_buckets(req.prompt)
-            text = (len(buckets), text_score(buckets, weights, bias))
-        else:
-            text = (0, bias)  # what text_buckets and text_score give without text
-        return expert, (req.prompt_tokens, *req.arrival_state, *text)
+        """A request's expert and the features that depend neither on the client nor on the
+        conversation history: ``prompt_tokens``, the arrival state, then the text's signals
+        and score (what an empty prompt gives without text)."""
+        if not req.prompt:  # what text_features, category and tfidf_score give without text
+            tokens = float(req.prompt_tokens)
+            expert = (FOLLOWUP if tokens > FOLLOWUP_TOKENS else OTHER) if self._mope else 0
+            values = (0.0, 0.0, 0.0, max(0.0, tokens), *_NO_TEXT)
+            return expert, (req.prompt_tokens, *req.arrival_state, *values, self._text_bias)
+        values, buckets, counts = text_features(req.prompt, req.prompt_tokens)
+        expert = category(values) if self._mope else 0
+        score = tfidf_score(buckets, counts, self._idf, self._text_weights, self._text_bias)
+        return expert, (req.prompt_tokens, *req.arrival_state, *values, score)
+
+    def conversation(self, req: Request):
+        """The request's conversation id, or None (see the class docstring)."""
+        if self._conversation_of_row is not None and req.row is not None and req.row < len(self._conversation_of_row):
+            return self._conversation_of_row[req.row]
+        return getattr(req, "conversation_id", None)
+
+    def _dynamic(self, req: Request) -> tuple:
+        """Client then conversation history features, as observed so far."""
+        total, count = self._history.get(req.client, (0, 0))
+        conv = self._conversations.get(self.conversation(req))
+        if conv is None:
+            return (total / count if count else self._prior, count, NO_HISTORY, NO_HISTORY, NO_HISTORY, 0)
+        last, conv_total, longest, finished = conv
+        return (total / count if count else self._prior, count, last, conv_total / finished, longest, finished)
 
     def features(self, reqs: list[Request]) -> tuple[np.ndarray, np.ndarray]:
         """The float32 feature matrix (REQUEST_FEATURES) and each request's expert."""
         experts, rows = [], []
         for req in reqs:
             expert, static = self._static(req)
-            total, count = self._history.get(req.client, (0, 0))
             experts.append(expert)
-            rows.append((*static[:5], total / count if count else self._prior, count, *static[5:]))
+            rows.append((*static[:5], *self._dynamic(req), *static[5:]))
         X = np.array(rows, dtype=np.float32).reshape(len(rows), len(REQUEST_FEATURES))
         return X, np.array(experts, dtype=np.intp)
 
@@ -346,14 +438,13 @@ class Session:
     # -- the amortised path --------------------------------------------------------------
     def arrive(self, req: Request) -> None:
         """Take ``req``'s features now, at its arrival (``req.arrival_state`` must be set): the
-        client history is what ``observe`` has recorded so far.  Its output length is predicted
-        with the next batch (``output_tokens``)."""
+        client and conversation history is what ``observe`` has recorded so far.  Its output
+        length is predicted with the next batch (``output_tokens``)."""
         expert, static = self._seen.pop(req.request_id, None) or self._prompt_features(req)
-        history = self._history.get(req.client)
-        mean, count = (self._prior, 0) if history is None else (history[0] / history[1], history[1])
-        self._arrived.extend((*static[:5], mean, count, *static[5:]))
+        self._arrived.extend((*static[:5], *self._dynamic(req), *static[5:]))
         self._arrived_experts.append(expert)
         self._arrived_ids.append(req.request_id)
+        self._experts[req.request_id] = expert
 
     def output_tokens(self, req: Request) -> float:
         """The predicted output length of ``req``, from its features at arrival; a request that
@@ -369,12 +460,31 @@ class Session:
                 self.arrive(req)
                 self.predict_arrived()
                 value = self._output.pop(req.request_id)
+        self._taken[req.request_id] = value
         return value
+
+    def output_quantile(self, req: Request, q: float = 0.9) -> float:
+        """The calibrated ``q``-quantile (0.5 <= q <= 0.99) of ``req``'s output length: its
+        central prediction (taken as ``output_tokens`` takes it, unless one is waiting) times
+        its expert's factor for ``q`` (linear between the calibrated ``QUANTILES``)."""
+        if not QUANTILES[0] <= q <= QUANTILES[-1]:
+            raise ValueError(f"q must be between {QUANTILES[0]} and {QUANTILES[-1]}, got {q}")
+        central = self._output.get(req.request_id, self._taken.get(req.request_id))
+        if central is None:
+            central = self.output_tokens(req)
+            self._output[req.request_id] = central  # output_tokens may still take it
+        expert = self._experts.get(req.request_id)
+        if expert is None:
+            expert = self._static(req)[0]
+        factor = float(np.interp(q, QUANTILES, self._factors[expert]))
+        return max(central * factor, self._output_floor)
 
     def forget(self, req: Request) -> None:
         """Drop ``req``'s features and prediction, if it has any (it left without being admitted)."""
         self._output.pop(req.request_id, None)
         self._seen.pop(req.request_id, None)
+        self._experts.pop(req.request_id, None)
+        self._taken.pop(req.request_id, None)
         if self._arrived_ids and req.request_id in self._arrived_ids:
             k = self._arrived_ids.index(req.request_id)
             width = len(REQUEST_FEATURES)
@@ -392,12 +502,24 @@ class Session:
             self._output.update(zip(ids[start:end], np.maximum(out[:, 0], self._output_floor).tolist()))
 
     def observe(self, req: Request) -> None:
-        """Record a finished request: its output length joins its client's history."""
+        """Record a finished request: its output length joins its client's and its conversation's history."""
         history = self._history.setdefault(req.client, [0, 0])
         history[0] += req.generated
         history[1] += 1
+        key = self.conversation(req)
+        if key is not None:
+            conv = self._conversations.get(key)
+            if conv is None:
+                self._conversations[key] = [req.generated, req.generated, req.generated, 1]
+            else:
+                conv[0] = req.generated
+                conv[1] += req.generated
+                conv[2] = max(conv[2], req.generated)
+                conv[3] += 1
         self._seen.pop(req.request_id, None)
         self._output.pop(req.request_id, None)
+        self._experts.pop(req.request_id, None)
+        self._taken.pop(req.request_id, None)
 
     def step(self, prefill_tokens, decode_tokens, running, kv_used) -> StepPrediction:
         """Predictions for candidate batches; arguments are numbers or equal-length arrays."""

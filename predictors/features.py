@@ -8,11 +8,13 @@ Request features (``REQUEST_FEATURES``), in order:
 * the client's history: ``client_mean_output``, the mean output length of the client's
   requests that finished before this one arrived (the training prior when none did), and
   ``client_finished``, how many did;
-* the prompt text, as a hashed bag of words (the lower-cased UTF-8 text split at whitespace
-  and ASCII punctuation other than ``_``; each word's CRC-32 modulo ``TEXT_BUCKETS``, present
-  or not; the row scaled to unit length): ``text_words``, the
-  number of distinct buckets, and ``text_score``, an expert's ridge regression of
-  log(1 + output tokens) on the bag.  Without text both are what an empty prompt gives.
+* the conversation's history: ``conv_last_output``, ``conv_mean_output``, ``conv_max_output``
+  (lengths of the replies of the same conversation that finished before this one arrived;
+  -1 when none did) and ``conv_finished``, how many did;
+* the prompt text's ``SIGNALS`` (predictors/text.py: sizes, explicit length asks, what it
+  asks for, the language) and ``text_score``, a ridge regression of log(1 + output tokens)
+  on TF-IDF word and word-pair n-grams (``text.tfidf_score``).  Without text these are what
+  an empty prompt gives.
 
 Step features (``STEP_FEATURES``): ``prefill_tokens``, ``decode_tokens``, ``running`` and
 ``kv_used`` (fraction of the KV cache in use).  Matrices are float32 (see forest.py).
@@ -20,51 +22,26 @@ Step features (``STEP_FEATURES``): ``prefill_tokens``, ``decode_tokens``, ``runn
 
 from __future__ import annotations
 
-import string
-import zlib
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-TEXT_BUCKETS = 2**14
-_SEPARATORS = bytes(32 if chr(b) in string.punctuation and chr(b) != "_" else b for b in range(256))
+from predictors.text import SIGNALS
 
+NO_HISTORY = -1.0  # a conversation feature when no earlier reply of the conversation finished
+CONVERSATION_FEATURES = ("conv_last_output", "conv_mean_output", "conv_max_output", "conv_finished")
 STATE_FEATURES = ("waiting_at_arrival", "waiting_tokens_at_arrival", "running_at_arrival", "kv_used_at_arrival")
 REQUEST_FEATURES = (
     "prompt_tokens",
     *STATE_FEATURES,
     "client_mean_output",
     "client_finished",
-    "text_words",
+    *CONVERSATION_FEATURES,
+    *SIGNALS,
     "text_score",
 )
 STEP_FEATURES = ("prefill_tokens", "decode_tokens", "running", "kv_used")
-
-
-def text_buckets(text: str | None) -> np.ndarray:
-    """The sorted distinct hash buckets of a prompt's words (empty without text)."""
-    if not text:
-        return np.zeros(0, dtype=np.intp)
-    words = set(text.lower().encode().translate(_SEPARATORS).split())
-    return np.array(sorted({zlib.crc32(w) % TEXT_BUCKETS for w in words}), dtype=np.intp)
-
-
-def bag_of_words(buckets: list[np.ndarray]) -> sp.csr_matrix:
-    """The bags of words of prompts given by their ``text_buckets``: rows of unit length."""
-    lengths = np.array([len(b) for b in buckets])
-    values = np.concatenate([np.full(len(b), 1.0 / np.sqrt(len(b))) for b in buckets if len(b)] or [np.zeros(0)])
-    indptr = np.concatenate(([0], np.cumsum(lengths)))
-    indices = np.concatenate(buckets) if buckets else np.zeros(0, dtype=np.intp)
-    return sp.csr_matrix((values, indices, indptr), shape=(len(buckets), TEXT_BUCKETS))
-
-
-def text_score(buckets: np.ndarray, weights: np.ndarray, bias: float) -> float:
-    """The ridge model's score of one prompt's buckets; logs and Requests are both scored here."""
-    if not len(buckets):
-        return bias
-    return bias + weights[buckets].sum() / np.sqrt(len(buckets))
 
 
 def running_by_client(
@@ -92,13 +69,21 @@ def cumulative_mean(values: np.ndarray) -> np.ndarray:
     return np.cumsum(values) / np.arange(1, len(values) + 1)
 
 
-def request_matrix(requests: pd.DataFrame, prior: float, text_words: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Request features of logged requests (columns of requests.parquet plus ``client_mean``/``client_finished``)."""
+def running_max(values: np.ndarray) -> np.ndarray:
+    """The largest of the first 1, 2, ... values."""
+    return np.maximum.accumulate(values)
+
+
+def request_matrix(requests: pd.DataFrame, prior: float, signals: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Request features of logged requests: columns of requests.parquet plus ``client_mean``,
+    ``client_finished`` and the ``CONVERSATION_FEATURES`` (NaN where none), the prompts'
+    ``SIGNALS`` (n, len(SIGNALS)) and their text scores."""
     mean = requests["client_mean"].to_numpy()
     columns = [requests["prompt_tokens"].to_numpy(np.float64)]
     columns += [requests[name].to_numpy(np.float64) for name in STATE_FEATURES]
     columns += [np.where(np.isnan(mean), prior, mean), requests["client_finished"].to_numpy(np.float64)]
-    columns += [text_words.astype(np.float64), score]
+    conv = requests[list(CONVERSATION_FEATURES)].to_numpy(np.float64)
+    columns += [np.where(np.isnan(conv), NO_HISTORY, conv), signals.reshape(len(requests), len(SIGNALS)), score]
     return np.column_stack(columns).astype(np.float32)
 
 

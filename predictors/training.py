@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
+from scipy.stats import kendalltau
 from sklearn.linear_model import Ridge
 
 from engine.results import REQUESTS_FILE, RUN_FILE, STEPS_FILE
@@ -35,36 +37,53 @@ from predictors.bundle import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    QUANTILES,
     REQUEST_TARGETS,
     STEP_TARGETS,
     Bundle,
+    RequestForest,
     array_shapes,
     load_bundle,
     route,
     save_bundle,
 )
 from predictors.features import (
+    CONVERSATION_FEATURES,
     REQUEST_FEATURES,
     STATE_FEATURES,
     STEP_FEATURES,
-    TEXT_BUCKETS,
-    bag_of_words,
     cumulative_mean,
     request_matrix,
     running_by_client,
+    running_max,
     step_matrix,
-    text_buckets,
-    text_score,
 )
-from predictors.forest import DEPTH, LEARNING_RATE, TREES, Forest, fit_trees
+from predictors.forest import (
+    DEPTH,
+    EXPERT_DEPTH,
+    EXPERT_LEARNING_RATE,
+    EXPERT_TREES,
+    LEARNING_RATE,
+    OUTPUT_DEPTH,
+    OUTPUT_LEARNING_RATE,
+    OUTPUT_TREES,
+    TREES,
+    Forest,
+    fit_median_trees,
+    fit_trees,
+)
+from predictors.text import CATEGORIES, NGRAM_BUCKETS, SIGNALS, category, text_features, tfidf_score
 from schedulers.vtc_predict import WINDOW
 from traces.errors import InputError
 
-TEXT_ALPHA = 2.0  # ridge penalty of the text model
+TEXT_ALPHA = 1.0  # ridge penalty of the text model
 TEXT_FOLDS = 5  # the trees learn from out-of-fold text scores
 MIN_EXPERT_ROWS = 30  # an expert with fewer training rows (for any target) is the single model
 MAX_STEP_ROWS = 20_000  # steps sampled (seeded) from the training side
 MODELS = ("mope", "single", "moving-average")
+CONSTANTS = ("training-mean", "training-median")  # output-length baselines in every report
+REQUEST_TREES = OUTPUT_TREES + EXPERT_TREES  # request forests: the single model's trees, then an expert's
+MIN_CALIBRATION_ROWS = 50  # an expert with fewer held-out rows takes the quantile factors of all rows
 DERIVED = "tokens_per_s"  # throughput, scored from the step-time predictions
 
 REQUEST_COLUMNS = (
@@ -180,7 +199,15 @@ def _run_requests(frame: pd.DataFrame, run: int, workload: str) -> pd.DataFrame:
         out[f"ma_{target}"] = running_by_client(client, arrival, finish, out[target].to_numpy(), ema)[0]
     own = f"{workload}:" + req["request_id"].astype(str)
     out["group"] = req["conversation_id"].where(req["conversation_id"].notna(), own)
-    out["buckets"] = [text_buckets(t if isinstance(t, str) else None) for t in req["prompt"]]
+    conv = out["group"].to_numpy(dtype=str)
+    for name, running in zip(CONVERSATION_FEATURES[:3], (lambda v: v, cumulative_mean, running_max)):
+        out[name], finished = running_by_client(conv, arrival, finish, generated, running)
+    out[CONVERSATION_FEATURES[3]] = finished
+    prompts = [t if isinstance(t, str) else None for t in req["prompt"]]
+    text = [text_features(t, n) for t, n in zip(prompts, req["prompt_tokens"].tolist())]
+    out["signals"] = [v for v, _, _ in text]
+    out["ngrams"] = [(b, c) for _, b, c in text]  # sorted bucket and count lists
+    out["category"] = [category(v) for v in out["signals"]]
     out["run"] = run
     return out
 
@@ -239,23 +266,115 @@ def load_logs(paths) -> Logs:
 # -- fitting -------------------------------------------------------------------------------
 
 
-def _text_model(bag, y_log: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-    """Ridge weights and bias on the bag of words, and out-of-fold scores of the training rows."""
-    folds = np.arange(bag.shape[0]) % TEXT_FOLDS
-    oof = np.empty(bag.shape[0])
+def ngram_matrix(ngrams: list) -> sp.csr_matrix:
+    """The n-gram counts of prompts given by their (buckets, counts) of ``text.text_features``."""
+    lengths = np.array([len(b) for b, _ in ngrams], dtype=np.int64)
+    indptr = np.concatenate(([0], np.cumsum(lengths)))
+    indices = np.fromiter((i for b, _ in ngrams for i in b), dtype=np.int64, count=int(lengths.sum()))
+    values = np.fromiter((v for _, c in ngrams for v in c), dtype=np.float64, count=int(lengths.sum()))
+    return sp.csr_matrix((values, indices, indptr), shape=(len(ngrams), NGRAM_BUCKETS))
+
+
+def tfidf_matrix(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
+    """TF-IDF rows, (1 + log count) * idf scaled to unit length (``text.tfidf_score``'s), all at once."""
+    out = counts.copy()
+    out.data = (1.0 + np.log(out.data)) * idf[out.indices]
+    norms = np.sqrt(np.asarray(out.multiply(out).sum(axis=1)).ravel())
+    return sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ out
+
+
+def text_model(ngrams: list, y_log: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The TF-IDF ridge model (``text.idf``, ``text.weights``, ``text.bias``) of log(1 + output
+    tokens), and out-of-fold scores of the training rows (the trees learn from those, so they
+    do not trust memorised training prompts)."""
+    counts = ngram_matrix(ngrams)
+    frequency = np.bincount(counts.indices, minlength=NGRAM_BUCKETS)
+    idf = np.log((1.0 + counts.shape[0]) / (1.0 + frequency)) + 1.0
+    X = tfidf_matrix(counts, idf)
+    folds = np.arange(X.shape[0]) % TEXT_FOLDS
+    oof = np.empty(X.shape[0])
     for fold in range(TEXT_FOLDS):
-        ridge = Ridge(alpha=TEXT_ALPHA).fit(bag[folds != fold], y_log[folds != fold])
-        oof[folds == fold] = ridge.predict(bag[folds == fold])
-    ridge = Ridge(alpha=TEXT_ALPHA).fit(bag, y_log)
-    return ridge.coef_.astype(np.float64), float(ridge.intercept_), oof
+        ridge = Ridge(alpha=TEXT_ALPHA).fit(X[folds != fold], y_log[folds != fold])
+        oof[folds == fold] = ridge.predict(X[folds == fold])
+    ridge = Ridge(alpha=TEXT_ALPHA).fit(X, y_log)
+    # rounded to float32: the solver's last bits vary with the number of BLAS threads
+    arrays = {
+        "text.idf": idf,
+        "text.weights": ridge.coef_.astype(np.float32).astype(np.float64),
+        "text.bias": np.array([ridge.intercept_], dtype=np.float32).astype(np.float64),
+    }
+    return arrays, oof
 
 
-def _fit_requests(req: pd.DataFrame, prior: float, seed: int) -> dict[str, np.ndarray]:
-    buckets = list(req["buckets"])
-    weights, bias, oof = _text_model(bag_of_words(buckets), np.log1p(req["output_tokens"].to_numpy()))
-    X = request_matrix(req, prior, np.array([len(b) for b in buckets]), oof)
-    out = _fit_targets(X, req, REQUEST_TARGETS, seed)
-    return {**out, "text_weights": weights[None], "text_bias": np.array([bias])}
+def text_scores(bundle: Bundle, ngrams: list) -> np.ndarray:
+    """The text model's scores of logged prompts, as ``Session`` scores a Request (``text.tfidf_score``)."""
+    idf, weights, bias = bundle.text_model()
+    return np.array([tfidf_score(b, c, idf, weights, bias) for b, c in ngrams], dtype=np.float64)
+
+
+def _signal_matrix(req: pd.DataFrame) -> np.ndarray:
+    return np.array(list(req["signals"]), dtype=np.float64).reshape(len(req), len(SIGNALS))
+
+
+def _fit_request_group(req: pd.DataFrame, prior: float, seed: int) -> tuple[dict, dict, dict, list[int], list[bool]]:
+    """The text model, the single model and MoPE for the request targets.
+
+    Output length: the single model is ``OUTPUT_TREES`` absolute-error trees; each expert is
+    those trees plus ``EXPERT_TREES`` of its own fitted to the single model's residuals on
+    its category's rows (an expert without enough rows adds nothing).  Latency targets: the
+    Huber trees of ``fit_trees``, the single model's in every expert (experts by category, as
+    by prompt length before, predicted TTFT and TPOT worse than the single model)."""
+    if not _enough(req, REQUEST_TARGETS):
+        raise InputError(
+            f"too few finished requests to train on ({len(req)} in the training split); "
+            f"need {MIN_EXPERT_ROWS} per target",
+            source="runs",
+        )
+    text, oof = text_model(list(req["ngrams"]), np.log1p(req["output_tokens"].to_numpy()))
+    X = request_matrix(req, prior, _signal_matrix(req), oof)
+    y = req["output_tokens"].to_numpy(np.float64)
+    single_out, fitted = fit_median_trees(X, y, seed, OUTPUT_TREES, OUTPUT_DEPTH, OUTPUT_LEARNING_RATE, REQUEST_TREES)
+    latency = REQUEST_TARGETS[1:]
+
+    def latency_trees() -> list[dict]:
+        fits = []
+        for target in latency:
+            t = req[target].to_numpy(np.float64)
+            ok = np.isfinite(t)
+            fits.append(fit_trees(X[ok], t[ok], seed, REQUEST_TREES, OUTPUT_DEPTH))
+        return fits
+
+    def stack(fits: list[dict]) -> dict:
+        return {name: np.stack([f[name] for f in fits])[None] for name in fits[0]}
+
+    single_latency = latency_trees()
+    single = stack([single_out, *single_latency])
+    experts, rows, own = [], [], []
+    cats = req["category"].to_numpy()
+    for e in range(EXPERTS["request"]):
+        part = cats == e
+        rows.append(int(part.sum()))
+        own.append(_enough(req[part], REQUEST_TARGETS))
+        if not own[-1]:
+            experts.append(single)
+            continue
+        extra, _ = fit_median_trees(
+            X[part],
+            y[part] - fitted[part],
+            seed,
+            EXPERT_TREES,
+            EXPERT_DEPTH,
+            EXPERT_LEARNING_RATE,
+            REQUEST_TREES,
+            first=OUTPUT_TREES,
+        )
+        out = {k: v.copy() for k, v in single_out.items()}
+        for k in ("feature", "threshold", "value"):
+            out[k][OUTPUT_TREES:] = extra[k][OUTPUT_TREES:]
+        out["init"] = np.float64(single_out["init"] + extra["init"])
+        experts.append(stack([out, *single_latency]))
+    mope = {name: np.concatenate([x[name] for x in experts]) for name in single}
+    return text, single, mope, rows, own
 
 
 def _fit_targets(X: np.ndarray, frame: pd.DataFrame, targets, seed: int) -> dict[str, np.ndarray]:
@@ -263,7 +382,7 @@ def _fit_targets(X: np.ndarray, frame: pd.DataFrame, targets, seed: int) -> dict
     for target in targets:
         y = frame[target].to_numpy(np.float64)
         ok = np.isfinite(y)
-        fits.append(fit_trees(X[ok], y[ok], seed))
+        fits.append(fit_trees(X[ok], y[ok], seed))  # TREES x DEPTH
     return {name: np.stack([f[name] for f in fits])[None] for name in fits[0]}
 
 
@@ -281,7 +400,7 @@ def _fit_group(frame, bucket_of, fit, targets, what: str) -> tuple[dict, dict, l
     single = fit(frame)
     bucket = bucket_of(frame)
     experts, rows, own = [], [], []
-    for e in range(EXPERTS):
+    for e in range(EXPERTS["step"]):
         part = frame[bucket == e]
         rows.append(len(part))
         own.append(_enough(part, targets))
@@ -293,18 +412,43 @@ def _fit_group(frame, bucket_of, fit, targets, what: str) -> tuple[dict, dict, l
 # -- scoring -------------------------------------------------------------------------------
 
 
+def request_features(bundle: Bundle, model: str, req: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The feature matrix of logged requests and their experts, as ``Session`` builds them."""
+    expert = req["category"].to_numpy(np.intp) if model == "mope" else np.zeros(len(req), dtype=np.intp)
+    score = text_scores(bundle, list(req["ngrams"]))
+    X = request_matrix(req, bundle.manifest["priors"]["output_tokens"], _signal_matrix(req), score)
+    return X, expert
+
+
 def predict_requests(bundle: Bundle, model: str, req: pd.DataFrame) -> np.ndarray:
     """(n, 4) predictions for logged requests, as ``Session.predict`` makes them."""
-    arrays = bundle.model_arrays("request", model)
-    expert = np.zeros(len(req), dtype=np.intp)
-    if model == "mope":
-        expert = route(bundle.manifest["router"]["request"]["thresholds"], req["prompt_tokens"].to_numpy())
-    weights, bias = arrays["text_weights"], arrays["text_bias"]
-    buckets = list(req["buckets"])
-    score = np.array([text_score(b, weights[e], float(bias[e])) for b, e in zip(buckets, expert)])
-    X = request_matrix(req, bundle.manifest["priors"]["output_tokens"], np.array([len(b) for b in buckets]), score)
+    X, expert = request_features(bundle, model, req)
     floors = np.array([FLOORS.get(t, 0.0) for t in REQUEST_TARGETS])
-    return np.maximum(Forest(arrays).predict(X, expert), floors)
+    return np.maximum(RequestForest(bundle.model_arrays("request", model), bundle.manifest).predict(X, expert), floors)
+
+
+def quantile_factors(central: np.ndarray, actual: np.ndarray, expert: np.ndarray, experts: int) -> np.ndarray:
+    """(experts, len(QUANTILES)) calibration: per expert, the QUANTILES of actual / central
+    on held-out rows (split conformal, multiplicative); all rows' where an expert has fewer
+    than ``MIN_CALIBRATION_ROWS``."""
+    ratio = actual / np.maximum(central, 1.0)
+    pooled = np.quantile(ratio, QUANTILES) if len(ratio) else np.ones(len(QUANTILES))
+    out = np.tile(pooled, (experts, 1))
+    for e in range(experts):
+        mine = ratio[expert == e]
+        if len(mine) >= MIN_CALIBRATION_ROWS:
+            out[e] = np.quantile(mine, QUANTILES)
+    return np.maximum.accumulate(out, axis=1)
+
+
+def calibrate(bundle: Bundle, req: pd.DataFrame) -> None:
+    """Set each model's ``quantile_factor`` from held-out requests ``req`` (in place)."""
+    actual = req["output_tokens"].to_numpy(np.float64)
+    for model in ("mope", "single"):
+        _, expert = request_features(bundle, model, req)
+        central = predict_requests(bundle, model, req)[:, 0]
+        factors = quantile_factors(central, actual, expert, EXPERTS["request"] if model == "mope" else 1)
+        bundle.arrays[f"request.{model}.quantile_factor"] = factors
 
 
 def predict_steps(bundle: Bundle, model: str, steps: pd.DataFrame) -> np.ndarray:
@@ -326,13 +470,25 @@ def _errors(predicted: np.ndarray, actual: np.ndarray) -> dict:
     return {"n": int(len(error)), "mae": float(error.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
+def kendall(predicted: np.ndarray, actual: np.ndarray) -> float | None:
+    """Kendall's tau-b between predicted and actual lengths (None when either is constant)."""
+    if len(actual) < 2 or np.ptp(predicted) == 0 or np.ptp(actual) == 0:
+        return None
+    return float(kendalltau(predicted, actual).statistic)
+
+
 def score(bundle: Bundle, requests: pd.DataFrame, steps: pd.DataFrame) -> dict:
-    """The metrics table of ``bundle`` on logged requests and steps."""
+    """The metrics table of ``bundle`` on logged requests and steps.
+
+    Output length also gets the training mean and median as constant predictions, Kendall's
+    tau per model (``tau``), and for MoPE and the single model the calibrated p90 and its
+    coverage (``p90_coverage``: the fraction of rows whose length is at most their p90)."""
     priors = bundle.manifest["priors"]
     metrics = {t: {} for t in (*REQUEST_TARGETS, *STEP_TARGETS, DERIVED)}
     tokens = (steps["prefill_tokens"] + steps["decode_tokens"]).to_numpy(np.float64)
+    actual_out = requests["output_tokens"].to_numpy(np.float64)
+    q90 = QUANTILES.index(0.9)
     with np.errstate(divide="ignore", invalid="ignore"):
-        actual_tps = tokens / steps["step_s"].to_numpy()
         for model in MODELS:
             if model == "moving-average":
                 req_pred = np.column_stack([requests[f"ma_{t}"].fillna(priors[t]) for t in REQUEST_TARGETS])
@@ -341,9 +497,20 @@ def score(bundle: Bundle, requests: pd.DataFrame, steps: pd.DataFrame) -> dict:
                 req_pred, step_pred = predict_requests(bundle, model, requests), predict_steps(bundle, model, steps)
             for k, t in enumerate(REQUEST_TARGETS):
                 metrics[t][model] = _errors(req_pred[:, k], requests[t].to_numpy(np.float64))
+            metrics["output_tokens"][model]["tau"] = kendall(req_pred[:, 0], actual_out)
+            if model != "moving-average":
+                _, expert = request_features(bundle, model, requests)
+                p90 = req_pred[:, 0] * bundle.arrays[f"request.{model}.quantile_factor"][expert, q90]
+                metrics["output_tokens"][model]["p90_coverage"] = (
+                    float((actual_out <= p90).mean()) if len(actual_out) else None
+                )
             for k, t in enumerate(STEP_TARGETS):
                 metrics[t][model] = _errors(step_pred[:, k], steps[t].to_numpy(np.float64))
+            actual_tps = tokens / steps["step_s"].to_numpy()
             metrics[DERIVED][model] = _errors(np.where(step_pred[:, 0] > 0, tokens / step_pred[:, 0], 0.0), actual_tps)
+    for name in CONSTANTS:
+        value = bundle.manifest["priors"]["output_tokens" if name == "training-mean" else "output_tokens_median"]
+        metrics["output_tokens"][name] = {**_errors(np.full(len(actual_out), value), actual_out), "tau": None}
     return metrics
 
 
@@ -373,20 +540,21 @@ def train(run_dirs, out_dir, holdout: float = 0.2, seed: int = 42) -> Report:
         train_steps = train_steps.iloc[np.sort(rng.choice(len(train_steps), MAX_STEP_ROWS, replace=False))]
     if test_req.empty or test_steps.empty:
         raise InputError("the held-out split is empty; give more requests or a larger --holdout", source="runs")
+    # the held-out conversations: half calibrate the quantiles, half are scored
+    held_groups = np.unique(test_req["group"].to_numpy(dtype=str))
+    calibration_groups = held_groups[rng.random(len(held_groups)) < 0.5]
+    in_calibration = test_req["group"].isin(calibration_groups).to_numpy()
+    calib_req, test_req = test_req[in_calibration], test_req[~in_calibration]
+    if calib_req.empty or test_req.empty:
+        raise InputError("the held-out split is too small to calibrate and score; give more requests", source="runs")
 
     priors = {t: float(np.nanmean(train_req[t])) for t in REQUEST_TARGETS}
     priors.update({t: float(np.nanmean(train_steps[t])) for t in STEP_TARGETS})
-    request_cut = np.quantile(train_req["prompt_tokens"], [1 / 3, 2 / 3]).tolist()
+    priors["output_tokens_median"] = float(np.median(train_req["output_tokens"]))
     prefills = train_steps["prefill_tokens"].to_numpy()
     step_cut = [0.0, float(np.median(prefills[prefills > 0])) if (prefills > 0).any() else 0.0]
 
-    single_r, mope_r, rows_r, own_r = _fit_group(
-        train_req,
-        lambda f: route(request_cut, f["prompt_tokens"].to_numpy()),
-        lambda f: _fit_requests(f, priors["output_tokens"], seed),
-        REQUEST_TARGETS,
-        "finished requests",
-    )
+    text, single_r, mope_r, rows_r, own_r = _fit_request_group(train_req, priors["output_tokens"], seed)
     single_s, mope_s, rows_s, own_s = _fit_group(
         train_steps,
         lambda f: route(step_cut, f["prefill_tokens"].to_numpy()),
@@ -394,11 +562,15 @@ def train(run_dirs, out_dir, holdout: float = 0.2, seed: int = 42) -> Report:
         STEP_TARGETS,
         "busy steps",
     )
-    arrays = {}
+    shapes = {"request": (REQUEST_TREES, OUTPUT_DEPTH), "step": (TREES, DEPTH)}
+    arrays = dict(text)
     for group, parts in (("request", (mope_r, single_r)), ("step", (mope_s, single_s))):
         for model, part in zip(("mope", "single"), parts):
-            for key, (_, dtype) in array_shapes(group, model, TREES, DEPTH).items():
-                arrays[key] = np.asarray(part[key.rsplit(".", 1)[1]], dtype=dtype)
+            for key, (shape, dtype) in array_shapes(group, model, *shapes[group]).items():
+                name = key.rsplit(".", 1)[1]
+                arrays[key] = (
+                    np.ones(shape, dtype=dtype) if name == "quantile_factor" else np.asarray(part[name], dtype)
+                )
 
     manifest = {
         "format": FORMAT,
@@ -406,16 +578,16 @@ def train(run_dirs, out_dir, holdout: float = 0.2, seed: int = 42) -> Report:
         "targets": {"request": list(REQUEST_TARGETS), "step": list(STEP_TARGETS)},
         "features": {"request": list(REQUEST_FEATURES), "step": list(STEP_FEATURES)},
         "router": {
-            "rule": "expert i takes x <= thresholds[i], the first such i; the last expert takes the rest",
             "request": {
-                "feature": "prompt_tokens",
-                "thresholds": request_cut,
-                "chosen_by": "terciles of the training split's prompt_tokens",
+                "feature": "category",
+                "categories": list(CATEGORIES),
+                "rule": "predictors.text.category: the first category whose rule the prompt's signals meet",
                 "training_rows": rows_r,
                 "own_model": own_r,
             },
             "step": {
                 "feature": "prefill_tokens",
+                "rule": "expert i takes x <= thresholds[i], the first such i; the last expert takes the rest",
                 "thresholds": step_cut,
                 "chosen_by": "0 (pure decode), then the median of the training split's non-zero prefills",
                 "training_rows": rows_s,
@@ -423,12 +595,32 @@ def train(run_dirs, out_dir, holdout: float = 0.2, seed: int = 42) -> Report:
             },
         },
         "model": {
-            "family": "gradient-boosted regression trees, Huber loss (scikit-learn), exported to arrays",
-            "trees": TREES,
-            "depth": DEPTH,
-            "learning_rate": LEARNING_RATE,
-            "text": {"buckets": TEXT_BUCKETS, "ridge_alpha": TEXT_ALPHA, "folds": TEXT_FOLDS},
+            "request": {"trees": REQUEST_TREES, "depth": OUTPUT_DEPTH},
+            "step": {"trees": TREES, "depth": DEPTH},
+            "output_tokens": {
+                "family": "HistGradientBoostingRegressor, absolute error (scikit-learn), exported to arrays",
+                "trees": OUTPUT_TREES,
+                "depth": OUTPUT_DEPTH,
+                "learning_rate": OUTPUT_LEARNING_RATE,
+                "expert_trees": EXPERT_TREES,
+                "expert_depth": EXPERT_DEPTH,
+                "expert_learning_rate": EXPERT_LEARNING_RATE,
+                "experts": "the single model's trees plus trees fitted to its residuals on the category's rows",
+            },
+            "latency_and_steps": {
+                "family": "GradientBoostingRegressor, Huber loss (scikit-learn), exported to arrays",
+                "trees": TREES,
+                "depth": DEPTH,
+                "learning_rate": LEARNING_RATE,
+            },
+            "text": {"ngram_buckets": NGRAM_BUCKETS, "ridge_alpha": TEXT_ALPHA, "folds": TEXT_FOLDS},
             "min_expert_rows": MIN_EXPERT_ROWS,
+        },
+        "quantiles": list(QUANTILES),
+        "quantile_calibration": {
+            "rule": "per expert, the quantiles of actual / predicted output length on held-out conversations",
+            "rows": len(calib_req),
+            "min_rows": MIN_CALIBRATION_ROWS,
         },
         "priors": priors,
         "engine": logs.engine,
@@ -439,6 +631,7 @@ def train(run_dirs, out_dir, holdout: float = 0.2, seed: int = 42) -> Report:
             "seed": seed,
             "rows": {
                 "train_requests": len(train_req),
+                "calibration_requests": len(calib_req),
                 "holdout_requests": len(test_req),
                 "train_steps": len(train_steps),
                 "holdout_steps": len(test_steps),
@@ -446,7 +639,9 @@ def train(run_dirs, out_dir, holdout: float = 0.2, seed: int = 42) -> Report:
             "versions": {d: metadata.version(d) for d in ("numpy", "scikit-learn")},
         },
     }
-    metrics = score(Bundle(out_dir, manifest, arrays), test_req, test_steps)
+    bundle = Bundle(out_dir, manifest, arrays)
+    calibrate(bundle, calib_req)
+    metrics = score(bundle, test_req, test_steps)
     save_bundle(out_dir, {**manifest, "metrics": metrics}, arrays)
     return Report(out_dir, metrics, manifest["training"]["rows"])
 

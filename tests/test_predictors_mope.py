@@ -1,14 +1,16 @@
 """MoPE predictors: training, determinism, the router, the bundle, inference and VTC-predict.
 
-One constructed workload is replayed once and trained on once per module: three prompt-length
-bands in which the word "list" means a long reply for short prompts, a short reply for long
-prompts and nothing in between, so that experts (one per band) have a real advantage.
+One constructed workload is replayed once and trained on once per module: prompts of three
+router categories (code, rewrite, other) in which the word "list" means a long reply for code, a
+short one for rewrites and nothing otherwise, and conversations of three turns whose replies
+share a length, so that the category and the conversation's earlier replies carry signal.
 """
 
 import hashlib
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,8 @@ from engine.replay import engine_config, replay
 from engine.request import Request
 from engine.simulator import Simulator
 from predictors.bundle import MANIFEST, MODELS, npz_bytes, save_bundle
-from predictors.training import load_logs, predict_requests, split
+from predictors.text import CATEGORIES
+from predictors.training import CONSTANTS, load_logs, predict_requests, split
 from schedulers.vtc_predict import VTCPredict
 from traces.errors import InputError
 from traces.schema import make_table
@@ -28,17 +31,24 @@ from traces.schema import make_table
 PRESET = "a100-llama2-7b"
 
 
+CATEGORY_WORDS = ("python", "summarize", "w0")  # the router's code, rewrite and other categories
+
+
 def experts_workload(n=600, rate=20.0, seed=0):
     rng = np.random.default_rng(seed)
-    band = rng.integers(0, 3, n)
-    prompt = np.choose(band, [rng.integers(10, 40, n), rng.integers(100, 200, n), rng.integers(300, 600, n)])
+    kind = rng.integers(0, 3, n)
+    prompt = rng.integers(10, 400, n)
     listed = rng.random(n) < 0.5
-    vocab = np.array([f"w{i}" for i in range(40)])
-    texts = [" ".join(rng.choice(vocab, 6)) + (" list" if x else "") for x in listed]
-    long_reply = np.where(band == 0, listed, ~listed)
-    output = np.where(band == 1, 100, np.where(long_reply, 300, 30)) * rng.uniform(0.9, 1.1, n)
+    vocab = np.array([f"w{i}" for i in range(1, 40)])
+    texts = [
+        f"{CATEGORY_WORDS[k]} " + " ".join(rng.choice(vocab, 6)) + (" list" if x else "") for k, x in zip(kind, listed)
+    ]
+    long_reply = np.where(kind == 0, listed, ~listed)
+    output = np.where(kind == 2, 100, np.where(long_reply, 300, 30)) * rng.uniform(0.9, 1.1, n)
     clients = rng.choice(["a", "b", "c", "d"], n)
-    return make_table(clients, np.cumsum(rng.exponential(1 / rate, n)), prompt, output.astype(int), prompt=texts)
+    conversations = [f"c{i % max(n // 3, 1)}" for i in range(n)]  # three turns, n / 3 arrivals apart
+    arrivals = np.cumsum(rng.exponential(1 / rate, n))
+    return make_table(clients, arrivals, prompt, output.astype(int), prompt=texts, conversation_id=conversations)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +75,14 @@ def logged_requests(run_dir):
             r.kv_used_at_arrival,
         )
         req.generated, req.finish_s = r.generated_tokens, r.finish_s
+        req.row = len(reqs)
         reqs.append(req)
     return reqs
+
+
+def conversations_of(run_dir):
+    """The workload's conversation per row (what the replay gives a session)."""
+    return pd.read_parquet(run_dir / "requests.parquet")["conversation_id"].tolist()
 
 
 def session_predictions(session, reqs):
@@ -86,16 +102,25 @@ def session_predictions(session, reqs):
 
 def test_report_has_every_target_and_model(trained):
     assert set(trained.metrics) == {*predictors.REQUEST_TARGETS, *predictors.STEP_TARGETS, "tokens_per_s"}
-    for by_model in trained.metrics.values():
-        assert list(by_model) == list(predictors.MODELS)
+    for target, by_model in trained.metrics.items():
+        constants = list(CONSTANTS) if target == "output_tokens" else []
+        assert list(by_model) == [*predictors.MODELS, *constants]
         for m in by_model.values():
             assert m["n"] > 0 and 0 <= m["p50"] <= m["p90"] <= m["p99"]
-    assert trained.rows["holdout_requests"] > 50
+    out = trained.metrics["output_tokens"]
+    assert all(-1 <= out[m]["tau"] <= 1 for m in predictors.MODELS)
+    assert out["training-median"]["tau"] is None
+    assert trained.rows["holdout_requests"] > 40 and trained.rows["calibration_requests"] > 40
 
 
-def test_experts_beat_the_single_model_and_the_moving_average_where_they_have_an_advantage(trained):
-    mae = {model: m["mae"] for model, m in trained.metrics["output_tokens"].items()}
-    assert mae["mope"] < 0.5 * mae["single"] < 0.5 * mae["moving-average"]
+def test_the_models_beat_the_constants_and_the_moving_average_and_the_p90_covers(trained):
+    out = trained.metrics["output_tokens"]
+    mae = {model: m["mae"] for model, m in out.items()}
+    assert mae["mope"] <= 1.05 * mae["single"]
+    assert mae["single"] < 0.5 * min(mae["moving-average"], mae["training-median"], mae["training-mean"])
+    assert out["mope"]["tau"] > 0.5 and out["single"]["tau"] > 0.5  # three length levels: ties limit tau
+    for model in ("mope", "single"):  # calibrated on other held-out conversations than these
+        assert 0.75 <= out[model]["p90_coverage"] <= 1.0
 
 
 def test_two_trainings_give_identical_bundles_and_predictions(run, trained, tmp_path):
@@ -130,21 +155,148 @@ def test_runs_of_different_presets_are_refused(run, tmp_path):
         predictors.train([run, other], tmp_path / "b")
 
 
+# -- no leakage --------------------------------------------------------------------------------
+
+
+def _features_of(run_dir):
+    logs = load_logs([run_dir])
+    return logs, logs.requests[["conv_last_output", "conv_mean_output", "conv_max_output", "conv_finished"]]
+
+
+def test_a_reply_enters_only_the_features_of_later_turns_of_its_conversation(run, tmp_path):
+    logs, before = _features_of(run)
+    req = pd.read_parquet(run / "requests.parquet")
+    first = req.groupby("conversation_id")["arrival_s"].transform("min") == req["arrival_s"]
+    last = req.groupby("conversation_id")["arrival_s"].transform("max") == req["arrival_s"]
+    assert (before["conv_finished"][first.to_numpy()] == 0).all()  # a first turn knows no earlier reply
+    assert before["conv_last_output"][first.to_numpy()].isna().all()  # (the matrix says -1: NO_HISTORY)
+    later = ~first.to_numpy()
+    assert (before["conv_finished"][later] >= 1).all()  # the previous turn finished n / 3 arrivals earlier
+    # change every last turn's reply: no row's features change (its own reply never enters them)
+    changed = tmp_path / "run"
+    shutil.copytree(run, changed)
+    edited = req.copy()
+    edited.loc[last, "generated_tokens"] = 5000
+    edited.to_parquet(changed / "requests.parquet")
+    _, after = _features_of(changed)
+    pd.testing.assert_frame_equal(after.reset_index(drop=True), before.reset_index(drop=True))
+    # change the first turns' replies: exactly the later turns of those conversations see it
+    edited = req.copy()
+    edited.loc[first, "generated_tokens"] = 5000
+    edited.to_parquet(changed / "requests.parquet")
+    _, after = _features_of(changed)
+    assert (after["conv_max_output"].to_numpy()[later] == 5000).all()
+    assert (after["conv_finished"].to_numpy() == before["conv_finished"].to_numpy()).all()
+
+
+def test_the_benchmark_split_keeps_test_conversations_out_of_development(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mope_accuracy", Path(__file__).parents[1] / "benchmarks/mope_accuracy.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    conversations = [
+        {"id": f"id{i % 9}" if i in (3, 12) else f"id{i}", "conversations": [{"from": "human", "value": "hi"}]}
+        for i in range(16)
+    ]  # id3 occurs at 3 (development) and 12 (test)
+    (tmp_path / "a.json").write_text(json.dumps(conversations[:6]))
+    (tmp_path / "b.json").write_text(json.dumps(conversations[6:]))
+    monkeypatch.setattr(bench, "DATA", tmp_path)
+    monkeypatch.setattr(bench, "FILES", ("a.json", "b.json"))
+    monkeypatch.setattr(bench, "DEV", range(0, 10))
+    monkeypatch.setattr(bench, "TEST", range(10, 16))
+    dev_path, test_path, counts = bench.split_conversations(tmp_path, None)
+    dev = {c["id"] for c in json.loads(dev_path.read_text())}
+    test = {c["id"] for c in json.loads(test_path.read_text())}
+    assert not dev & test and counts == {"dev": 9, "test": 5, "dropped_ids_on_both_sides": 1}
+    assert dev == {f"id{i}" for i in range(10) if i != 3} and test == {f"id{i}" for i in range(10, 16) if i != 12}
+
+
+def test_the_replay_gives_each_session_the_workloads_conversations(trained, tmp_path):
+    bundle = predictors.load_bundle(trained.bundle)
+    seen, session = [], bundle.session
+
+    def recording(model="mope", conversations=None):
+        seen.append(conversations)
+        return session(model, conversations)
+
+    bundle.session = recording
+    workload = experts_workload(n=60)
+    replay(workload, ["vtc-predict", "equinox"], tmp_path / "runs", preset=PRESET, predictors=bundle)
+    assert seen == [workload.column("conversation_id").to_pylist()] * 2
+
+
+def test_a_request_without_text_gets_what_the_text_features_of_an_empty_prompt_give(trained):
+    from predictors.text import category, text_features, tfidf_score
+
+    bundle = predictors.load_bundle(trained.bundle)
+    idf, weights, bias = bundle.text_model()
+    for model in ("mope", "single"):
+        session = bundle.session(model)
+        for tokens in (1, 16, 17, 900):
+            req = Request(tokens, "a", 0.0, tokens, 1)
+            req.arrival_state = (3, 40, 2, 0.5)
+            values, buckets, counts = text_features(None, tokens)
+            expert = category(values) if model == "mope" else 0
+            general = (tokens, 3, 40, 2, 0.5, *values, tfidf_score(buckets, counts, idf, weights, bias))
+            assert session._prompt_features(req) == (expert, general)
+
+
+# -- quantiles -------------------------------------------------------------------------------
+
+
+def test_output_quantile_is_the_central_prediction_times_its_experts_calibrated_factor(run, trained):
+    from predictors.bundle import QUANTILES
+
+    bundle = predictors.load_bundle(trained.bundle)
+    factors = bundle.arrays["request.mope.quantile_factor"]
+    assert factors.shape == (len(CATEGORIES), len(QUANTILES)) and (np.diff(factors, axis=1) >= 0).all()
+    assert factors[:, QUANTILES.index(0.9)].min() > 1.0  # the p90 is above the central (median) prediction
+    session = bundle.session()
+    reqs = logged_requests(run)[:20]
+    for req in reqs:
+        session.arrive(req)
+    _, experts = bundle.session().features(reqs)
+    for req, expert in zip(reqs, experts):
+        high = session.output_quantile(req, 0.9)
+        central = session.output_tokens(req)  # the same central prediction, still there to take
+        assert high == pytest.approx(central * factors[expert, QUANTILES.index(0.9)])
+        assert session.output_quantile(req, 0.9) == high  # asked again after admission: unchanged
+        assert session.output_quantile(req, 0.5) <= session.output_quantile(req, 0.95)
+    with pytest.raises(ValueError, match="q must be between"):
+        session.output_quantile(reqs[0], 0.999)
+
+
 # -- the router ------------------------------------------------------------------------------
 
 
-def test_router_sends_each_request_to_exactly_one_expert_by_the_thresholds(trained):
+HAND_BUILT = {  # a prompt of each router category, and its prompt tokens (with earlier turns for followup)
+    "code": ("Why does this fail?\n```python\nprint(x[0])\n```", 20),
+    "rewrite": ("Please rewrite this paragraph so it reads better: we was going home.", 20),
+    "longform": ("Write a 500 word essay about the history of tea", 12),
+    "brief": ("Answer in one word: the capital of France", 10),
+    "question": ("How far is the moon from the earth?", 10),
+    "followup": ("now the same for mars", 300),
+    "other": ("hello there", 3),
+}
+
+
+def test_router_sends_a_hand_built_prompt_of_each_category_to_its_expert(trained):
+    assert tuple(HAND_BUILT) == CATEGORIES
     bundle = predictors.load_bundle(trained.bundle)
     router = bundle.manifest["router"]["request"]
-    low, high = router["thresholds"]
-    rows = router["training_rows"]  # the thresholds are terciles: a third of the training requests each
-    assert sum(rows) == trained.rows["train_requests"] and max(rows) - min(rows) <= 0.05 * sum(rows)
-    assert low < high and all(router["own_model"])
-    prompts = [1, int(low), int(low) + 1, int(high), int(high) + 1, 10_000]
-    reqs = [Request(i, "a", 0.0, p, 1) for i, p in enumerate(prompts)]
+    assert router["categories"] == list(CATEGORIES) and sum(router["training_rows"]) == trained.rows["train_requests"]
+    rows = dict(zip(CATEGORIES, router["training_rows"]))  # "w0" prompts are other or, longer in tokens, followup
+    assert rows["code"] > 100 and rows["rewrite"] > 100 and rows["followup"] + rows["other"] > 100
+    assert rows["longform"] == rows["brief"] == rows["question"] == 0
+    reqs = [Request(i, "a", 0.0, tokens, 1, prompt=text) for i, (text, tokens) in enumerate(HAND_BUILT.values())]
     _, experts = bundle.session().features(reqs)
-    assert experts.tolist() == [0, 0, 1, 1, 2, 2]
-    assert bundle.session("single").features(reqs)[1].tolist() == [0] * 6
+    assert experts.tolist() == list(range(len(CATEGORIES)))
+    assert bundle.session("single").features(reqs)[1].tolist() == [0] * len(CATEGORIES)
+    no_text = Request(99, "a", 0.0, 40, 1)  # without text: other, or followup when it counts earlier turns
+    assert bundle.session().features([no_text])[1].tolist() == [CATEGORIES.index("followup")]
     step = bundle.manifest["router"]["step"]["thresholds"]
     assert step[0] == 0 and step[1] > 0
 
@@ -160,7 +312,8 @@ def test_bundle_round_trip_and_requests_predict_as_logs_do(run, trained, tmp_pat
         assert (tmp_path / "copy" / name).read_bytes() == (trained.bundle / name).read_bytes()
     logs = load_logs([run])
     for model in ("mope", "single"):
-        from_requests = session_predictions(bundle.session(model), logged_requests(run))
+        session = bundle.session(model, conversations=conversations_of(run))
+        from_requests = session_predictions(session, logged_requests(run))
         np.testing.assert_array_equal(from_requests, predict_requests(bundle, model, logs.requests))
 
 
@@ -177,19 +330,24 @@ def test_session_batch_single_and_step_paths(run, trained):
 
 
 def test_a_forest_of_some_targets_predicts_what_the_whole_forest_does(trained):
+    from predictors.bundle import RequestForest
+    from predictors.features import REQUEST_FEATURES
     from predictors.forest import Forest
 
-    arrays = predictors.load_bundle(trained.bundle).model_arrays("request", "mope")
+    bundle = predictors.load_bundle(trained.bundle)
+    arrays = bundle.model_arrays("request", "mope")
     whole = Forest(arrays)
     rng = np.random.default_rng(4)
-    X = (rng.random((300, 9)) * [600, 50, 5e4, 64, 1, 400, 30, 12, 6]).astype(np.float32)
-    experts = rng.integers(0, 3, 300)
+    X = (rng.random((300, len(REQUEST_FEATURES))) * 400).astype(np.float32)
+    experts = rng.integers(0, len(CATEGORIES), 300)
     expected = whole.predict(X, experts)
     for k in range(4):
         part = Forest(arrays, targets=[k])
         np.testing.assert_array_equal(part.predict(X, experts)[:, 0], expected[:, k])
         one_by_one = [part.predict(X[i : i + 1], experts[i : i + 1])[0, 0] for i in range(0, 300, 7)]
         np.testing.assert_array_equal(one_by_one, expected[::7, k])
+    # the latency targets' padded trees, walked unpadded, predict the same (up to float summation order)
+    np.testing.assert_allclose(RequestForest(arrays, bundle.manifest).predict(X, experts), expected, rtol=1e-12)
 
 
 class CountingForest:
@@ -368,18 +526,20 @@ def _edit_manifest(**changes):
         (lambda d: (d / MANIFEST).unlink(), "expected manifest.json"),
         (lambda d: (d / MANIFEST).write_text("{not json"), "expected a JSON object"),
         (_edit_manifest(format="some-other-model"), "not a predictor bundle manifest"),
-        (_edit_manifest(format_version=2), "format version 2; this Equinox reads version 1"),
+        (_edit_manifest(format_version=1), "format version 1; this Equinox reads version 2"),
         (_edit_manifest(features={"request": ["prompt_tokens"], "step": []}), "features.request must be"),
-        (_edit_manifest(model={"trees": 0, "depth": 3}), "model.trees must be a whole number"),
+        (_edit_manifest(model={"request": {"trees": 0, "depth": 4}}), "model.request.trees must be a whole number"),
+        (_edit_manifest(quantiles=[0.9]), "quantiles must be"),
         (lambda d: (d / MODELS).unlink(), "missing file models.npz"),
         (lambda d: (d / MODELS).write_bytes((d / MODELS).read_bytes()[:-10]), "does not match the checksum"),
         (
             _replaced("step.single.value", lambda a: a[..., :4]),
             r"array step.single.value is float64\[1, 2, 50, 4\], expected float64\[1, 2, 50, 8\]",
         ),
-        (_replaced("request.mope.feature", lambda a: a + 99), "names features outside 0..8"),
+        (_replaced("request.mope.feature", lambda a: a + 99), "names features outside 0..41"),
         (_replaced("request.mope.threshold", lambda a: a * np.nan), "non-finite values"),
-        (_without("request.single.text_bias"), r"missing arrays \['request.single.text_bias'\]"),
+        (_without("text.weights"), r"missing arrays \['text.weights'\]"),
+        (_without("request.mope.quantile_factor"), r"missing arrays \['request.mope.quantile_factor'\]"),
         (_forge(_pickled), "not a readable numeric .npz archive"),
     ],
 )
