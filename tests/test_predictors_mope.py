@@ -53,7 +53,11 @@ def experts_workload(n=600, rate=20.0, seed=0):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    (run_dir,) = replay(experts_workload(), ["vtc"], tmp_path_factory.mktemp("runs"), preset=PRESET)
+    # No prefix cache: the workload's conversation ids are arbitrary, and cached turns would only
+    # shift the engine-state features these tests do not concern.
+    (run_dir,) = replay(
+        experts_workload(), ["vtc"], tmp_path_factory.mktemp("runs"), preset=PRESET, prefix_caching=False
+    )
     return run_dir
 
 
