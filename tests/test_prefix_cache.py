@@ -134,12 +134,13 @@ def _prefix_workload(n=400, seed=0):
 @pytest.mark.parametrize("policy", ["fcfs", "vtc", "equinox"])
 @pytest.mark.parametrize("kv", [4096, 200_000])
 @pytest.mark.parametrize("stall_free", [False, True])
-def test_prefix_cache_equals_the_block_by_block_reference(policy, kv, stall_free):
+@pytest.mark.parametrize("reserve", [True, False])
+def test_prefix_cache_equals_the_block_by_block_reference(policy, kv, stall_free, reserve):
     from test_simulator import _assert_equals_reference
 
     table = _prefix_workload()
-    _assert_equals_reference(table, policy, kv_capacity_tokens=kv, max_running=64, max_batch_tokens=512,
-                             prefix_hash_tokens=64, stall_free=stall_free)  # fmt: skip
+    _assert_equals_reference(table, policy, reserve_full_prompt=reserve, kv_capacity_tokens=kv, max_running=64,
+                             max_batch_tokens=512, prefix_hash_tokens=64, stall_free=stall_free)  # fmt: skip
     req, _, _ = run(table, policy, kv_capacity_tokens=kv, max_running=64, max_batch_tokens=512,
                     prefix_hash_tokens=64)  # fmt: skip
     assert req.cached_prompt_tokens.sum() > 0.2 * req.prompt_tokens.sum()

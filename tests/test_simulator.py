@@ -138,6 +138,7 @@ def test_fast_forward_equals_step_by_step_for_equinox_with_one_counter(monkeypat
 
 ENGINES = {
     "chunked": dict(max_batch_tokens=512),
+    "first-chunk-admission": dict(max_batch_tokens=512, reserve_full_prompt=False),
     "stall-free": dict(max_batch_tokens=512, stall_free=True),
     "unchunked": dict(max_batch_tokens=1024, chunked_prefill=False),
     "merge-every-4": dict(max_batch_tokens=512, admit_every=4),
@@ -184,7 +185,7 @@ def test_counted_decode_steps_equal_the_plain_loop(monkeypatch):
     table = _random_workload(weight_choices=(1.0, 1.6, 2.0))
     for policy in ("vtc", "equinox"):
         _assert_equals_reference(table, policy, cost=KVCost(), kv_capacity_tokens=4096, max_running=64,
-                                 max_batch_tokens=512)  # fmt: skip
+                                 max_batch_tokens=512, reserve_full_prompt=False)  # fmt: skip
     assert calls["_decode_step"] > 200 and calls["_general_step"] > 200 and calls["_preempt_for_blocks"] > 5
 
 
