@@ -50,7 +50,10 @@ class EngineConfig:
     max_batch_tokens: int = 2048  # per-step token budget (max_num_batched_tokens)
     block_size: int = 16
     chunked_prefill: bool = True
-    stall_free: bool = False  # decodes first, then partial prefills, then new prefills (Sarathi-Serve)
+    # Decodes first, then partial prefills, then new prefills (Sarathi-Serve).  With chunked prefill
+    # this is already the admission order (a partial prefill takes all the budget left, so nothing
+    # admitted after it exists until it is done): the same steps (tests/test_simulator.py).
+    stall_free: bool = False
     admit_every: int = 1  # admit new requests every N steps (S-LoRA/VTC merges every 10)
     fast_forward: bool = True
     max_model_len: int | None = None  # context limit: prompt + output over it is rejected (None: none)

@@ -56,7 +56,10 @@ def replay(
         None, min=1, help="Admit new requests every N steps (default: the preset's; VTC's engine merges every 10)."
     ),
     stall_free: bool = typer.Option(
-        False, help="Stall-free steps (Sarathi-Serve): decodes first, then partial, then new prefills."
+        False,
+        hidden=True,
+        help="Kept for old scripts: with chunked prefill the engine's order is already stall-free (decodes never "
+        "wait behind a prefill), so this changes nothing (docs/ENGINE.md).",
     ),
     prefix_caching: bool = typer.Option(
         True,
