@@ -276,3 +276,25 @@ def test_presets_show_the_context_limit_and_kv_capacity():
     assert result.exit_code == 0
     row = next(line for line in result.output.splitlines() if "h100-llama3.1-8b" in line)
     assert "131,072" in row and "467,291" in row
+
+
+# -- overload ------------------------------------------------------------------------------------------
+def test_overload_is_reported_with_the_ratio():
+    from engine.replay import run_summary, summary_lines
+
+    # One request at a time, each 1 s of steps (a prefill step and 9 decode steps of 0.1 s).
+    # 100 arriving over 9.9 s take 100 s: 10.1x the span; at 9.9 s requests 0-9 have started (at 0,
+    # 1, ..., 9 s) and the other 90 wait.
+    config = EngineConfig(kv_capacity_tokens=100_000, max_running=1)
+    heavy = make_table(["a", "b"] * 50, [0.1 * i for i in range(100)], [8] * 100, [10] * 100)
+    req, _ = Simulator(config, LinearCost(), make_policy("fcfs")).run(heavy)
+    over = run_summary(req, config)["overload"]
+    assert over["overloaded"] and over["ratio"] == pytest.approx(100.0 / 9.9)
+    assert over["waiting_at_last_arrival"] == 90
+    (warning, text), *_ = [line for line in summary_lines("fcfs", run_summary(req, config)) if "offered" in line[1]]
+    assert warning and "10.1x the arrivals' span" in text and "--time-scale 10.1" in text
+    # The same requests 2 s apart: the engine keeps up.
+    light = make_table(["a", "b"] * 50, [2.0 * i for i in range(100)], [8] * 100, [10] * 100)
+    req, _ = Simulator(config, LinearCost(), make_policy("fcfs")).run(light)
+    summary = run_summary(req, config)
+    assert not summary["overload"]["overloaded"] and not summary_lines("fcfs", summary)
