@@ -81,6 +81,8 @@ def generate(path: Path, n: int, clients: int, seed: int = 42) -> None:
         "running_at_arrival": ints(64),
         "kv_used_at_arrival": rng.random(n),
     }
+    for name in REQUEST_SCHEMA.names:  # the columns appended since (reject_reason, ...): null
+        requests.setdefault(name, pa.nulls(n, REQUEST_SCHEMA.field(name).type))
     atomic_write_parquet(pa.table(requests, schema=REQUEST_SCHEMA), path / "requests.parquet")
     end = float(np.nanmax(finish))
     duration = rng.uniform(0.02, 0.06, int(end / 0.04) + 1000)

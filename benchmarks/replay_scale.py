@@ -32,8 +32,10 @@ VIDUR_REQ_PER_S = 350  # anchor quoted in issue 8
 ENGINES = {"a100": ("a100-llama2-7b", 20.0), "h100": ("h100-llama2-7b", 40.0)}
 
 
-def workload(n: int, rate: float, tenants: int = 100, seed: int = 0):
+def workload(n: int, rate: float, tenants: int = 100, seed: int = 0, prefix_groups: int = 0):
+    """``prefix_groups`` > 0: every request gets prefix hashes [one of that many shared, its own]."""
     import numpy as np
+    import pyarrow as pa
 
     from traces import load_workload
     from traces.schema import make_table
@@ -41,11 +43,16 @@ def workload(n: int, rate: float, tenants: int = 100, seed: int = 0):
     lmsys = load_workload("lmsys")
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, lmsys.num_rows, n)
+    hashes = None
+    if prefix_groups:
+        groups = rng.integers(0, prefix_groups, n)
+        hashes = pa.array([[int(g), prefix_groups + i] for i, g in enumerate(groups)], type=pa.list_(pa.int64()))
     return make_table(
         [f"t{i}" for i in rng.integers(0, tenants, n)],
         np.cumsum(rng.exponential(1 / rate, n)),
         lmsys.column("prompt_tokens").to_numpy()[pick],
         lmsys.column("output_tokens").to_numpy()[pick],
+        prefix_hashes=hashes,
     )
 
 
@@ -95,6 +102,8 @@ def main() -> None:
     parser.add_argument("--engines", default="a100,h100", help="comma-separated: " + ", ".join(ENGINES))
     parser.add_argument("--schedulers", default="vtc,equinox", help="comma-separated")
     parser.add_argument("--no-step-by-step", action="store_true", help="skip the step-by-step VTC run")
+    parser.add_argument("--prefix-groups", type=int, default=0,
+                        help="give every request prefix hashes: one of N shared prefixes, then its own")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--job", choices=["replay", "audit"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -117,7 +126,7 @@ def main() -> None:
         for engine in args.engines.split(","):
             preset, rate = ENGINES[engine]
             source = Path(tmp) / f"{engine}.parquet"
-            pq.write_table(workload(n, rate), source)
+            pq.write_table(workload(n, rate, prefix_groups=args.prefix_groups), source)
             runs = [(scheduler, False) for scheduler in args.schedulers.split(",")]
             if engine == "a100" and "vtc" in args.schedulers.split(",") and not args.no_step_by_step:
                 runs.insert(1, ("vtc", True))

@@ -114,6 +114,7 @@ class PrefixCache:
         self.held: dict[int, list[tuple | None]] = {}
         self.registered: dict[int, int] = {}  # row -> blocks examined for registration
         self._token = 0
+        self._found = None  # (row, keys) of the last lookup
         self.hit_blocks = 0  # blocks served from the cache, all admissions
         self.evicted = 0
 
@@ -126,6 +127,7 @@ class PrefixCache:
         k = self.live - free
         if k <= 0:
             return
+        self._found = None
         queue, blocks = self.queue, self.blocks
         self.live = free
         while k:
@@ -152,31 +154,40 @@ class PrefixCache:
             return 0
         chain, group, keyable = entry
         bs, blocks = self.bs, self.blocks
-        h, top = 0, min(limit, keyable)
-        while h < top and (chain[((h + 1) * bs - 1) // group], h) in blocks:
-            h += 1
-        return h
+        found = []
+        for h in range(min(limit, keyable)):
+            key = (chain[((h + 1) * bs - 1) // group], h)
+            if key not in blocks:
+                break
+            found.append(key)
+        self._found = (row, found)  # for revived and acquire, until the cache changes
+        return len(found)
+
+    def _keys(self, row: int, h: int) -> list:
+        found = self._found
+        if found is not None and found[0] == row and len(found[1]) >= h:
+            return found[1][:h]
+        return [self.key(row, b) for b in range(h)]
 
     def revived(self, row: int, h: int) -> int:
         """How many of ``row``'s first ``h`` cached blocks are free now (taking them uses free blocks)."""
         blocks = self.blocks
-        return sum(1 for b in range(h) if blocks[self.key(row, b)][0] == 0)
+        return sum(1 for key in self._keys(row, h) if blocks[key][0] == 0)
 
     def acquire(self, row: int, h: int) -> int:
         """``row`` is admitted holding its first ``h`` cached blocks; returns how many were free."""
         if self.keys[row] is None:
             return 0
         blocks = self.blocks
-        held = []
+        held = self._keys(row, h)
+        self._found = None
         revived = 0
-        for b in range(h):
-            key = self.key(row, b)
+        for key in held:
             state = blocks[key]
             if state[0] == 0:
                 revived += 1
                 state[1] = 0  # its queue entry is dead
             state[0] += 1
-            held.append(key)
         self.live -= revived
         self.held[row] = held
         self.registered[row] = h
@@ -193,10 +204,13 @@ class PrefixCache:
         if full <= done:
             return
         self.sync(free)  # a key evicted by this step's allocations is no longer cached
+        self._found = None
         blocks = self.blocks
         held = self.held[row]
+        chain, group, _ = self.keys[row]
+        bs = self.bs
         for b in range(done, full):
-            key = self.key(row, b)
+            key = (chain[((b + 1) * bs - 1) // group], b)
             if key in blocks:  # computed by another request meanwhile: this copy stays private
                 held.append(None)
             else:

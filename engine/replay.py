@@ -38,9 +38,96 @@ def engine_config(preset_name: str = DEFAULT_PRESET, **overrides) -> tuple[Engin
         max_batch_tokens=preset.max_batch_tokens,
         block_size=preset.block_size,
         admit_every=preset.merge_interval_steps,
+        max_model_len=preset.max_model_len,
     )
+    limit = overrides.get("max_model_len")
+    if limit is not None and limit < 1:
+        raise InputError(f"must be at least 1 token, got {limit}", source="--max-model-len")
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     return config, preset
+
+
+# Overload: the replay says so when serving took this many times the arrivals' span, or when the
+# queue grew over the second half of the arrivals to at least OVERLOAD_QUEUE of the requests.
+OVERLOAD_SPAN_RATIO = 2.0
+OVERLOAD_QUEUE = 0.05
+REJECT_WARNING = 0.01  # rejections above this share of the requests are a warning
+
+
+def run_summary(requests: pa.Table, config: EngineConfig) -> dict:
+    """What the terminal should hear about a run: rejections per reason, overload, prefix hits."""
+    status = np.asarray(requests.column("status").to_pylist(), dtype=object)
+    served = status == "finished"
+    n = len(status)
+    out: dict = {"requests": n, "served": int(served.sum()), "max_model_len": config.max_model_len}
+    reasons = requests.column("reject_reason").to_pylist() if "reject_reason" in requests.column_names else []
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        if reason is not None:
+            counts[reason] = counts.get(reason, 0) + 1
+    out["rejected"] = dict(sorted(counts.items()))
+    arrival = requests.column("arrival_s").to_numpy()
+    finish = np.asarray(requests.column("finish_s").to_pylist(), dtype=float)
+    admitted = np.asarray(requests.column("admitted_s").to_pylist(), dtype=float)
+    if served.sum() >= 20 and n > 1:
+        start, last = float(arrival.min()), float(arrival.max())
+        span = last - start
+        makespan = float(np.nanmax(finish[served])) - start
+
+        def waiting_at(t: float) -> int:  # served requests that had arrived but not yet started at t
+            return int(np.count_nonzero(served & (arrival <= t) & (admitted > t)))
+
+        end_queue, mid_queue = waiting_at(last), waiting_at(start + span / 2)
+        ratio = makespan / span if span > 0 else None
+        growing = end_queue > mid_queue and end_queue >= max(10, OVERLOAD_QUEUE * served.sum())
+        out["overload"] = {
+            "span_s": span, "makespan_s": makespan, "ratio": ratio, "waiting_at_last_arrival": end_queue,
+            "waiting_at_mid_arrivals": mid_queue,
+            "overloaded": bool(
+                span > 0 and end_queue >= max(10, 0.01 * served.sum()) and (ratio >= OVERLOAD_SPAN_RATIO or growing)
+            ),
+        }  # fmt: skip
+    if config.prefix_caching and "cached_prompt_tokens" in requests.column_names:
+        prompt = requests.column("prompt_tokens").to_numpy()[served]
+        cached = np.asarray(requests.column("cached_prompt_tokens").to_pylist(), dtype=object)[served]
+        hit = int(sum(c or 0 for c in cached))
+        out["prefix_cache"] = {"cached_prompt_tokens": hit, "prompt_tokens": int(prompt.sum())}
+    return out
+
+
+def summary_lines(name: str, summary: dict) -> list[tuple[bool, str]]:
+    """The replay's lines about one run: (is_warning, text)."""
+    lines = []
+    n = summary["requests"]
+    rejected = summary.get("rejected") or {}
+    total = sum(rejected.values())
+    if total:
+        why = {
+            "too_long": f"too_long (prompt + output over the {summary.get('max_model_len') or 0:,}-token context)",
+            "exceeds_kv": "exceeds_kv (larger than the whole KV cache)",
+            "rate_limit": "rate_limit (refused by the policy)",
+        }
+        parts = ", ".join(f"{count:,} {why.get(reason, reason)}" for reason, count in rejected.items())
+        text = f"{name}: rejected {total:,} of {n:,} requests ({100 * total / n:.1f}%): {parts}"
+        share = sum(c for r, c in rejected.items() if r != "rate_limit") / n
+        if share > REJECT_WARNING:
+            text += "; a preset with a longer context or a larger KV cache serves them (equinox presets)"
+        lines.append((share > REJECT_WARNING, text))
+    over = summary.get("overload")
+    if over and over["overloaded"]:
+        ratio = over["ratio"]
+        lines.append((True, (
+            f"{name}: offered load exceeds what the engine serves: serving took {ratio:.1f}x the arrivals' span "
+            f"({over['makespan_s']:,.0f} s for arrivals over {over['span_s']:,.0f} s; "
+            f"{over['waiting_at_last_arrival']:,} requests still waiting at the last arrival); for a load it "
+            f"keeps up with, stretch the arrivals (--time-scale {max(ratio, 1.1):.1f}, or equinox traces shape "
+            f"--rate-scale {1 / max(ratio, 1.1):.2f}) or pick a bigger preset (equinox presets)"
+        )))  # fmt: skip
+    cache = summary.get("prefix_cache")
+    if cache and cache["cached_prompt_tokens"]:
+        share = cache["cached_prompt_tokens"] / max(1, cache["prompt_tokens"])
+        lines.append((False, f"{name}: prefix cache served {100 * share:.1f}% of the prompt tokens"))
+    return lines
 
 
 def fingerprint(table: pa.Table) -> str:
@@ -172,6 +259,7 @@ def replay(
             record = _run_record(
                 name, spec, policy, seed, service, workload_record, engine_preset, config, sim.step, wall
             )
+            record["summary"] = run_summary(requests, config)
             write_run_files(tmp, requests, steps, record, counters_table(policy))
         if progress is not None:
             progress.update(task, completed=workload.num_rows)

@@ -50,12 +50,19 @@ class EngineConfig:
     max_batch_tokens: int = 2048  # per-step token budget (max_num_batched_tokens)
     block_size: int = 16
     chunked_prefill: bool = True
-    stall_free: bool = False  # decodes first, then partial prefills, then new prefills (Sarathi-Serve)
+    # Decodes first, then partial prefills, then new prefills (Sarathi-Serve).  With chunked prefill
+    # this is already the admission order (a partial prefill takes all the budget left, so nothing
+    # admitted after it exists until it is done): the same steps (tests/test_simulator.py).
+    stall_free: bool = False
     admit_every: int = 1  # admit new requests every N steps (S-LoRA/VTC merges every 10)
     fast_forward: bool = True
     max_model_len: int | None = None  # context limit: prompt + output over it is rejected (None: none)
     prefix_caching: bool = True  # automatic prefix caching (vLLM's default), engine/prefix_cache.py
     prefix_hash_tokens: int = 512  # prompt tokens each of the workload's prefix_hashes covers (Mooncake)
+    # Admit a waiting request only when the KV blocks of its whole prompt (plus the output it
+    # recomputes after a preemption) are free, not just those of its first chunk: vLLM 0.32's
+    # scheduler_reserve_full_isl (on by default), which stops long prompts from thrashing.
+    reserve_full_prompt: bool = True
 
     @property
     def total_blocks(self) -> int:
@@ -357,6 +364,8 @@ class Simulator:
         room = free * self.bs
         if not self.config.chunked_prefill:
             return min(budget, room)
+        if self.config.reserve_full_prompt:  # the whole prompt's blocks must be free
+            return room
         return INF if budget <= room else room
 
     def _step(self, now: float) -> float:
@@ -820,8 +829,10 @@ class Simulator:
         h = cache.lookup(row, (pending - 1) // bs)  # as vLLM: the last token is always computed
         n = self._chunk(pending - h * bs, budget)
         need = _ceil_div(h * bs + n, bs) - h
-        if h and cache.revived(row, h) + need > self.free:
-            return None
+        if h:
+            full = _ceil_div(pending, bs) - h if self.config.reserve_full_prompt else need
+            if cache.revived(row, h) + max(need, full) > self.free:
+                return None
         return h, n, need
 
     def _prefix_lookup(self, req: Request) -> int:

@@ -61,6 +61,13 @@ class SLoRAConfig:
     max_req_input_len: int = 2048
     poll_s: float = 0.01  # an empty router sleeps 10 ms between looks at the queue
 
+    # What the replay's run summary reads off any engine's config.
+    prefix_caching = False  # S-LoRA had no prefix cache
+
+    @property
+    def max_model_len(self) -> int:
+        return self.max_req_total_len
+
     def as_dict(self) -> dict:
         """run.json's engine record: these fields, plus the vLLM-mode names readers look up."""
         return {

@@ -53,18 +53,19 @@ app.add_typer(traces_cmd.app, name="traces")
 
 @app.command("presets")
 def list_presets():
-    """Engine presets: hardware, model, KV capacity and batch limits."""
+    """Engine presets: hardware, model, context limit (max_model_len), KV capacity and batch limits."""
     from rich.table import Table
 
     from engine.presets import PRESETS
 
     table = Table()
     table.add_column("preset", no_wrap=True)
-    for header in ("GPU x TP", "KV tokens", "max running", "token budget"):
+    for header in ("GPU x TP", "context", "KV tokens", "max running", "token budget"):
         table.add_column(header, justify="right")
     for name, p in PRESETS.items():
         gpu = f"{p.hardware.name} x{p.tensor_parallel}"
-        table.add_row(name, gpu, f"{p.kv_capacity_tokens:,}", str(p.max_running), str(p.max_batch_tokens))
+        table.add_row(name, gpu, f"{p.max_model_len:,}", f"{p.kv_capacity_tokens:,}", str(p.max_running),
+                      str(p.max_batch_tokens))  # fmt: skip
     console.print(table)
 
 

@@ -60,7 +60,15 @@ def replay(
         None, min=1, help="Admit new requests every N steps (default: the preset's; VTC's engine merges every 10)."
     ),
     stall_free: bool = typer.Option(
-        False, help="Stall-free steps (Sarathi-Serve): decodes first, then partial, then new prefills."
+        False,
+        hidden=True,
+        help="Kept for old scripts: with chunked prefill the engine's order is already stall-free (decodes never "
+        "wait behind a prefill), so this changes nothing (docs/ENGINE.md).",
+    ),
+    prefix_caching: bool = typer.Option(
+        True,
+        help="Automatic prefix caching (vLLM's default): prompt blocks keyed by the workload's prefix_hashes, "
+        "conversation or text are reused while cached (docs/ENGINE.md).",
     ),
     engine_mode: Optional[str] = typer.Option(
         None,
@@ -117,7 +125,9 @@ def replay(
         rich_help_panel="Real engines",
     ),
     max_model_len: Optional[int] = typer.Option(
-        None, help="--engine vllm: context length.", rich_help_panel="Real engines"
+        None,
+        help="Context limit in tokens: a request whose prompt + output exceeds it is rejected (too_long). "
+        "Default: the preset's (the model's context); --engine vllm: the model's context length.",
     ),
     peak_flops: Optional[float] = typer.Option(
         None,
@@ -170,6 +180,8 @@ def replay(
         for warning in caught:
             err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
 
+    if max_model_len is not None and max_model_len < 1:
+        raise InputError(f"must be at least 1 token, got {max_model_len}", source="--max-model-len")
     specs = split_list(scheduler)
     for spec in specs:
         run_name(spec)  # fail on a bad name before loading anything
@@ -198,10 +210,12 @@ def replay(
         runs = run_replay(
             table, specs, out, workload_name=workload, preset=preset, seed=seed,
             service=ServiceWeights(w_p, w_q), equinox=knobs, predictors=bundle, progress=progress,
-            stall_free=stall_free, engine_mode=engine_mode,
+            stall_free=stall_free, engine_mode=engine_mode, prefix_caching=prefix_caching,
+            max_model_len=max_model_len,
             kv_capacity_tokens=kv_capacity, max_running=max_running,
             max_batch_tokens=max_batch_tokens, chunked_prefill=chunked_prefill, admit_every=admit_every,
         )  # fmt: skip
+    _print_summaries(runs)
     for run in runs:
         console.print(f"wrote {run}")
     console.print(f"next: equinox audit {out}")
@@ -259,3 +273,19 @@ def _warn_foreign_runs(out: Path, table, names: list[str]) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _print_summaries(runs) -> None:
+    """Per run: rejections per reason, overload, prefix-cache hits (from run.json's summary)."""
+    import json
+
+    from engine.replay import summary_lines
+    from engine.results import RUN_FILE
+
+    for run in runs:
+        record = json.loads((Path(run) / RUN_FILE).read_text())
+        for warning, text in summary_lines(record["scheduler"], record.get("summary") or {}):
+            if warning:
+                err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+            else:
+                err_console.print(text, highlight=False)

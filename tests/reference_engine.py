@@ -152,8 +152,12 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
         if not preempted and (step % config.admit_every == 0 or not running):
             while len(running) < config.max_running and budget > 0:
                 free = len(free_queue)
+                reserve = config.reserve_full_prompt and config.chunked_prefill  # vLLM: the whole prompt must fit
                 pick = policy.select(
-                    lambda r: chunk(r.pending, budget) > 0 and ceil_div(chunk(r.pending, budget), bs) <= free
+                    lambda r: (
+                        chunk(r.pending, budget) > 0
+                        and ceil_div(r.pending if reserve else chunk(r.pending, budget), bs) <= free
+                    )
                 )
                 if pick is None:
                     break
@@ -165,7 +169,8 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
                 n = chunk(pending - h * bs, budget)
                 need = ceil_div(h * bs + n, bs) - h
                 hits = [cached[key(pick.row, b)] for b in range(h)]
-                if sum(ref[b] == 0 for b in hits) + need > free:  # vLLM: allocate_slots fails, it waits
+                full = ceil_div(pending, bs) - h if reserve else need
+                if sum(ref[b] == 0 for b in hits) + max(need, full) > free:  # vLLM: allocate_slots fails, it waits
                     break
                 resumed = pick.admitted_s is not None
                 policy.admit(pick, now, resumed)

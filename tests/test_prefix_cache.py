@@ -134,12 +134,13 @@ def _prefix_workload(n=400, seed=0):
 @pytest.mark.parametrize("policy", ["fcfs", "vtc", "equinox"])
 @pytest.mark.parametrize("kv", [4096, 200_000])
 @pytest.mark.parametrize("stall_free", [False, True])
-def test_prefix_cache_equals_the_block_by_block_reference(policy, kv, stall_free):
+@pytest.mark.parametrize("reserve", [True, False])
+def test_prefix_cache_equals_the_block_by_block_reference(policy, kv, stall_free, reserve):
     from test_simulator import _assert_equals_reference
 
     table = _prefix_workload()
-    _assert_equals_reference(table, policy, kv_capacity_tokens=kv, max_running=64, max_batch_tokens=512,
-                             prefix_hash_tokens=64, stall_free=stall_free)  # fmt: skip
+    _assert_equals_reference(table, policy, reserve_full_prompt=reserve, kv_capacity_tokens=kv, max_running=64,
+                             max_batch_tokens=512, prefix_hash_tokens=64, stall_free=stall_free)  # fmt: skip
     req, _, _ = run(table, policy, kv_capacity_tokens=kv, max_running=64, max_batch_tokens=512,
                     prefix_hash_tokens=64)  # fmt: skip
     assert req.cached_prompt_tokens.sum() > 0.2 * req.prompt_tokens.sum()
@@ -181,3 +182,119 @@ def test_presets_carry_their_context_limit():
     # GQA: 8 KV heads of 128 dims, 32 layers, K and V in fp16: a quarter of Llama-2-7B's bytes.
     assert p.model.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2 == PRESETS["h100-llama2-7b"].model.kv_bytes_per_token // 4
     assert p.kv_capacity_tokens > 3.5 * PRESETS["h100-llama2-7b"].kv_capacity_tokens
+
+
+# -- the replay command ------------------------------------------------------------------------------
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from equinox_cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _write(tmp_path, table, name="w.parquet"):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / name
+    pq.write_table(table, path)
+    return path
+
+
+def test_replay_prints_the_rejections_per_reason(tmp_path):
+    # 40 requests, clients a and b alternating every 0.5 s, on the VTC preset (4,096-token context,
+    # 10,000-token KV): the last 3 are over the context (4,200, 5,010, 10,500 tokens).  rpm:10 then
+    # accepts 10 of each client's other requests (19 of a's, 18 of b's) and refuses 9 + 8.  With
+    # --max-model-len 20000 only the last is rejected: 10,500 tokens do not fit the KV cache.
+    prompts = [100] * 37 + [4000, 5000, 9000]
+    outputs = [50] * 37 + [200, 10, 1500]
+    table = make_table(["a", "b"] * 20, [0.5 * i for i in range(40)], prompts, outputs)
+    path = _write(tmp_path, table)
+    result = _cli("replay", "-w", path, "-s", "fcfs,rpm:10", "-o", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: fcfs: rejected 3 of 40 requests (7.5%): 3 too_long" in text
+    assert (
+        "warning: rpm-10: rejected 20 of 40 requests (50.0%): 17 rate_limit (refused by the policy), 3 too_long" in text
+    )
+    result = _cli("replay", "-w", path, "-s", "fcfs", "-o", tmp_path / "runs2", "--max-model-len", 20000)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "rejected 1 of 40 requests (2.5%): 1 exceeds_kv" in text
+    import pyarrow.parquet as pq
+
+    req = pq.read_table(tmp_path / "runs2" / "fcfs" / "requests.parquet")
+    assert req.column("reject_reason").to_pylist()[-1] == "exceeds_kv"
+    assert req.column("reject_reason").null_count == 39
+
+
+def test_replay_is_quiet_about_rejections_when_there_are_none(tmp_path):
+    table = make_table(["a"] * 30, [0.5 * i for i in range(30)], [100] * 30, [20] * 30)
+    result = _cli("replay", "-w", _write(tmp_path, table), "-s", "fcfs", "-o", tmp_path / "runs")
+    assert result.exit_code == 0 and "rejected" not in result.output and "offered load" not in result.output
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (("--max-model-len", 0), "--max-model-len: must be at least 1 token, got 0"),
+        (("--max-model-len", -5), "--max-model-len: must be at least 1 token, got -5"),
+    ],
+)
+def test_a_context_limit_below_one_is_one_line_and_writes_nothing(tmp_path, bad, message):
+    table = make_table(["a"] * 3, [0.0, 1.0, 2.0], [10] * 3, [5] * 3)
+    result = _cli("replay", "-w", _write(tmp_path, table), "-o", tmp_path / "runs", *bad)
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {message}"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("values", [pa.array(["x", "y", "z"]), pa.array([1.5, 2.5, 3.5])])
+def test_prefix_hashes_of_the_wrong_type_is_one_line_naming_the_column(tmp_path, values):
+    table = make_table(["a"] * 3, [0.0, 1.0, 2.0], [10] * 3, [5] * 3)
+    table = table.drop_columns(["prefix_hashes"]).append_column("prefix_hashes", values)
+    result = _cli("replay", "-w", _write(tmp_path, table), "-o", tmp_path / "runs")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "row 1: prefix_hashes must be a list of integers" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_negative_lengths_are_one_line(tmp_path):
+    import pyarrow.csv as pcsv
+
+    table = pa.table({"arrival_s": [0.0, 1.0], "prompt_tokens": [10, -3], "output_tokens": [5, 5],
+                      "client_id": ["a", "b"], "request_id": [0, 1]})  # fmt: skip
+    path = tmp_path / "w.csv"
+    pcsv.write_csv(table, path)
+    result = _cli("replay", "-w", path, "-o", tmp_path / "runs")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "prompt_tokens" in result.output and not (tmp_path / "runs").exists()
+
+
+def test_presets_show_the_context_limit_and_kv_capacity():
+    result = _cli("presets")
+    assert result.exit_code == 0
+    row = next(line for line in result.output.splitlines() if "h100-llama3.1-8b" in line)
+    assert "131,072" in row and "467,291" in row
+
+
+# -- overload ------------------------------------------------------------------------------------------
+def test_overload_is_reported_with_the_ratio():
+    from engine.replay import run_summary, summary_lines
+
+    # One request at a time, each 1 s of steps (a prefill step and 9 decode steps of 0.1 s).
+    # 100 arriving over 9.9 s take 100 s: 10.1x the span; at 9.9 s requests 0-9 have started (at 0,
+    # 1, ..., 9 s) and the other 90 wait.
+    config = EngineConfig(kv_capacity_tokens=100_000, max_running=1)
+    heavy = make_table(["a", "b"] * 50, [0.1 * i for i in range(100)], [8] * 100, [10] * 100)
+    req, _ = Simulator(config, LinearCost(), make_policy("fcfs")).run(heavy)
+    over = run_summary(req, config)["overload"]
+    assert over["overloaded"] and over["ratio"] == pytest.approx(100.0 / 9.9)
+    assert over["waiting_at_last_arrival"] == 90
+    (warning, text), *_ = [line for line in summary_lines("fcfs", run_summary(req, config)) if "offered" in line[1]]
+    assert warning and "10.1x the arrivals' span" in text and "--time-scale 10.1" in text
+    # The same requests 2 s apart: the engine keeps up.
+    light = make_table(["a", "b"] * 50, [2.0 * i for i in range(100)], [8] * 100, [10] * 100)
+    req, _ = Simulator(config, LinearCost(), make_policy("fcfs")).run(light)
+    summary = run_summary(req, config)
+    assert not summary["overload"]["overloaded"] and not summary_lines("fcfs", summary)

@@ -55,6 +55,8 @@ def requests_table(rows=ROWS, scheduler="vtc") -> pa.Table:
         "running_at_arrival": [0] * n,
         "kv_used_at_arrival": [0.0] * n,
     }
+    for name in REQUEST_SCHEMA.names:  # the columns appended since (reject_reason, ...): null
+        cols.setdefault(name, [None] * n)
     return pa.Table.from_pydict(cols, schema=REQUEST_SCHEMA)
 
 

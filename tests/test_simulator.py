@@ -138,6 +138,7 @@ def test_fast_forward_equals_step_by_step_for_equinox_with_one_counter(monkeypat
 
 ENGINES = {
     "chunked": dict(max_batch_tokens=512),
+    "first-chunk-admission": dict(max_batch_tokens=512, reserve_full_prompt=False),
     "stall-free": dict(max_batch_tokens=512, stall_free=True),
     "unchunked": dict(max_batch_tokens=1024, chunked_prefill=False),
     "merge-every-4": dict(max_batch_tokens=512, admit_every=4),
@@ -184,7 +185,7 @@ def test_counted_decode_steps_equal_the_plain_loop(monkeypatch):
     table = _random_workload(weight_choices=(1.0, 1.6, 2.0))
     for policy in ("vtc", "equinox"):
         _assert_equals_reference(table, policy, cost=KVCost(), kv_capacity_tokens=4096, max_running=64,
-                                 max_batch_tokens=512)  # fmt: skip
+                                 max_batch_tokens=512, reserve_full_prompt=False)  # fmt: skip
     assert calls["_decode_step"] > 200 and calls["_general_step"] > 200 and calls["_preempt_for_blocks"] > 5
 
 
@@ -249,3 +250,18 @@ def test_steps_streamed_to_disk_in_fixed_batches_equal_the_in_memory_table(tmp_p
         assert pq.ParquetFile(path).metadata.row_group(0).num_rows == 500
         files.append(path.read_bytes())
     assert files[0] == files[1]  # the fast path cuts its batches at the same rows
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "vtc", "equinox"])
+@pytest.mark.parametrize("kv", [4096, 200_000])
+def test_stall_free_order_is_what_chunked_prefill_already_does(policy, kv):
+    """With chunked prefill a partial prefill takes all the budget left, so no request admitted
+    after it runs (or exists) until its prompt is done: the running batch in admission order is
+    already decodes first, and stall-free order schedules the same tokens (docs/ENGINE.md)."""
+    table = _random_workload(weight_choices=(1.0, 1.6, 2.0))
+    cost = LinearCost(base=0.01, per_token=1e-5)
+    runs = [run(table, policy, cost, kv_capacity_tokens=kv, max_running=64, max_batch_tokens=256, stall_free=s,
+                reserve_full_prompt=r) for s in (False, True) for r in (True, False)]  # fmt: skip
+    for default, stall_free in ((runs[0], runs[2]), (runs[1], runs[3])):
+        assert pa.Table.from_pandas(default[1]).equals(pa.Table.from_pandas(stall_free[1]))
+        assert pa.Table.from_pandas(default[0]).equals(pa.Table.from_pandas(stall_free[0]))

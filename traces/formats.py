@@ -286,8 +286,14 @@ def _arrivals(values: pa.Array, unit: str, column: str, source: str, row0: int) 
 
 def _int_lists(values: pa.Array, column: str, source: str, row0: int) -> pa.Array:
     """Lists of integers; text cells may be written "[1, 2, 3]" or "[1 2 3]"."""
-    if pa.types.is_string(values.type):
-        values = pa.array([_parse_ints(cell) for cell in values.to_pylist()], type=pa.list_(pa.int64()))
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        cells = [_parse_ints(cell) for cell in values.to_pylist()]
+        for row, cell in enumerate(cells):
+            if isinstance(cell, str):
+                raise InputError(
+                    f"{column} must be a list of integers, got {cell!r}", source=source, row=row0 + row + 1
+                )
+        values = pa.array(cells, type=pa.list_(pa.int64()))
     try:
         return values.cast(pa.list_(pa.int64()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError):
