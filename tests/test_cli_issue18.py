@@ -81,3 +81,46 @@ def test_counter_figure_names_the_extreme_clients_only():
     assert counter_clients(counters) == ["client-0", "client-1", "client-6", "client-7"]
     few = counters[counters["client_id"].isin(["client-3", "client-5", "client-1"])]
     assert counter_clients(few) == ["client-1", "client-3", "client-5"]
+
+
+def test_sigterm_mid_replay_removes_the_temporary_directory_and_exits_143(tmp_path):
+    """Item 6: SIGTERM while a run is being written leaves no ``.<scheduler>.*.tmp`` behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "equinox_cli.main", "replay", "--workload", "dist-shift"]
+    proc = subprocess.Popen(
+        [*command, "-s", "fcfs,vtc,equinox", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    for _ in range(2000):  # wait (by state, not by time) until the first run is being written
+        if out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir()):
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the replay ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output
+    assert output.splitlines()[-1] == "terminated (SIGTERM): the run being written was discarded"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert not (out / "equinox").exists()
+
+
+def test_a_rerun_removes_what_a_killed_replay_left(tmp_path):
+    out = tmp_path / "out"
+    for stale in (".fcfs.k9x2ab.tmp", ".fcfs.77yyzz.old"):
+        (out / stale / "fcfs").mkdir(parents=True)
+        (out / stale / "fcfs" / "steps.parquet").write_bytes(b"partial")
+    (out / ".vtc.keepme.tmp").mkdir()  # another scheduler's: not this replay's to remove
+    result = runner.invoke(app, ["replay", "-s", "fcfs", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"removed 2 temporary directories an interrupted replay left in {out}" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [".vtc.keepme.tmp", "fcfs"]
