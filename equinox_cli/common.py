@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import signal
 import time
 from pathlib import Path
 from typing import List
@@ -18,13 +20,40 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised where the program is, so that every ``except BaseException`` cleanup
+    (the atomic writes' temporary directories) runs on the way out."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within the block, SIGTERM raises :class:`Terminated` instead of killing the process outright."""
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def user_errors(fn):
-    """Bad input: one line on stderr, exit code 2, no traceback."""
+    """Bad input: one line on stderr, exit code 2, no traceback.  SIGTERM under :func:`sigterm_unwinds`:
+    one line, exit 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Terminated:  # a command that runs under sigterm_unwinds()
+            err_console.print("[bold red]terminated[/] (SIGTERM): the run being written was discarded", highlight=False)
+            raise typer.Exit(143) from None
         except InputError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

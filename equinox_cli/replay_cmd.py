@@ -15,6 +15,7 @@ from equinox_cli.common import (
     err_console,
     load,
     progress_display,
+    sigterm_unwinds,
     split_list,
     user_errors,
 )
@@ -190,11 +191,12 @@ def replay(
         time_scale=time_scale, seed=seed, fmt=fmt, tokenizer=tokenizer,
     )  # fmt: skip
     _warn_foreign_runs(out, table, [run_name(spec) for spec in specs])
+    _remove_stale_temporaries(out, [run_name(spec) for spec in specs])
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     if engine != "simulator" or endpoint:
         from equinox_cli.serve_cmd import replay_real
 
-        with progress_display(*columns) as progress:
+        with sigterm_unwinds(), progress_display(*columns) as progress:
             runs = replay_real(
                 table, specs, out, engine=engine, endpoint=endpoint, model=model, workload_name=workload, seed=seed,
                 service=ServiceWeights(w_p, w_q), knobs=knobs, predictors=predictors, kv_capacity=kv_capacity,
@@ -206,7 +208,7 @@ def replay(
             console.print(f"wrote {run}")
         console.print(f"next: equinox audit {out}")
         return
-    with progress_display(*columns) as progress:
+    with sigterm_unwinds(), progress_display(*columns) as progress:
         runs = run_replay(
             table, specs, out, workload_name=workload, preset=preset, seed=seed,
             service=ServiceWeights(w_p, w_q), equinox=knobs, predictors=bundle, progress=progress,
@@ -289,3 +291,26 @@ def _print_summaries(runs) -> None:
                 err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
             else:
                 err_console.print(text, highlight=False)
+
+
+def _remove_stale_temporaries(out: Path, names: list[str]) -> None:
+    """Delete what an interrupted replay (killed, even with -9) left of these runs: the hidden
+    ``.<run>.*.tmp`` and ``.<run>.*.old`` directories of an atomic write.  Two replays of the same
+    scheduler into one --out at the same time are not supported (the later removes the earlier's)."""
+    import shutil
+
+    if not out.is_dir():
+        return
+    stale = sorted(p for name in names for pattern in (f".{name}.*.tmp", f".{name}.*.old") for p in out.glob(pattern))
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        err_console.print(
+            f"removed {len(stale)} temporary {'directory' if len(stale) == 1 else 'directories'} "
+            f"an interrupted replay left in {out}",
+            highlight=False,
+            soft_wrap=True,
+        )

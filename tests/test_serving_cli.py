@@ -27,8 +27,9 @@ def app():
 def test_serve_announces_open_mode_and_passes_vllm_options_through(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(os, "execve", lambda exe, argv, env: calls.append((argv, env)))
-    args = ["serve", "--model", "/models/m", "--scheduler", "equinox", "--beta", "0", "--log-dir", str(tmp_path / "l"),
-            "--port", "8111", "--", "--max-num-seqs", "8"]  # fmt: skip
+    (tmp_path / "m").mkdir()  # serve refuses a model path that does not exist
+    args = ["serve", "--model", str(tmp_path / "m"), "--scheduler", "equinox", "--beta", "0",
+            "--log-dir", str(tmp_path / "l"), "--port", "8111", "--", "--max-num-seqs", "8"]  # fmt: skip
     result = CliRunner().invoke(app(), args)
     if not HAS_VLLM:
         assert result.exit_code == 2 and "vLLM is not installed" in result.output

@@ -1,4 +1,4 @@
-"""VTC's synthetic workload suite (ALGORITHMS.md section 6), by exact name.
+"""VTC's synthetic workload suite (docs/DESIGN.md, Workloads), by exact name.
 
 Semantics follow the VTC artifact (``fair_bench/trace.py``):
 
