@@ -32,8 +32,8 @@ def replay(
         ["fcfs,vtc"],
         "--scheduler",
         "-s",
-        help="Comma-separated schedulers: fcfs, vtc, lcf, vtc-predict, vtc-oracle[:P], rpm[:N], equinox, "
-        "equinox-oracle (see `equinox schedulers`).",
+        help="Comma-separated schedulers: fcfs, vtc, lcf, vtc-predict, vtc-oracle[:P], rpm[:N], dlpm[:Q], "
+        "equinox, equinox-oracle (see `equinox schedulers`).",
     ),
     out: Path = typer.Option(
         Path("runs/latest"), "--out", "-o", help="Results directory; one sub-directory per scheduler."

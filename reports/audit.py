@@ -147,6 +147,9 @@ def _load_run(name: str, path: Path) -> Run:
     requests = _read_table(path / REQUESTS_FILE, REQUEST_SCHEMA, REQUEST_COLUMNS, OPTIONAL_REQUEST_COLUMNS)
     if requests.empty:
         raise InputError("expected at least one request", source=str(path / REQUESTS_FILE))
+    # A writer that does not measure a column fills it with nulls: that is a column it lacks.
+    unmeasured = [c for c in ("cached_prompt_tokens", "engine_seconds") if c in requests and requests[c].isna().all()]
+    requests = requests.drop(columns=unmeasured)
     steps = _read_table(path / STEPS_FILE, STEP_SCHEMA, STEP_COLUMNS)
     counters = path / COUNTERS_FILE
     counters = _read_table(counters, COUNTER_SCHEMA, COUNTER_SCHEMA.names) if counters.exists() else None

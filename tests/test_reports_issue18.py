@@ -43,8 +43,11 @@ def newer_requests() -> pa.Table:
         # a's first request and b's two: 1 engine-second each, b's first 2
         "engine_seconds": pa.array([1.0, 1.0, 2.0, 1.0, None, None], pa.float64()),
     }
-    for name, column in extra.items():
-        table = table.append_column(name, column)
+    for name, column in extra.items():  # replace the column where the schema already has it
+        if name in table.schema.names:
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        else:
+            table = table.append_column(name, column)
     return table
 
 
