@@ -88,7 +88,8 @@ VLLM_PREFILL_FIRST = {**VLLM, "chunked_prefill": False, "stall_free": False, "ad
 
 # Equinox knobs that make it order as VTC does (HF = UFC, no latency discount, no skipping, fixed budget):
 # the first Equinox row of the ladder starts from them, each row adds its mechanism to the rows before it.
-VTC_LIKE = {"alpha": 1.0, "beta": 0.0, "gamma": 0.0, "delta": 0.0, "adaptive_budget": False}
+# Base knobs this build lacks are dropped (issue 15 replaces delta by the guard's kappa).
+VTC_LIKE = {"alpha": 1.0, "beta": 0.0, "gamma": 0.0, "delta": 0.0, "kappa": math.inf, "adaptive_budget": False}
 
 # The ladder: (row, scheduler, engine options, Equinox knobs this row adds).  Knob names that this build's
 # EquinoxKnobs lacks make the row "not available in this build" (and later rows go on without it): the
@@ -117,7 +118,8 @@ def knob_names() -> set[str]:
 def ladder_plan() -> list[dict]:
     """The ladder's rows with their cumulative Equinox knobs; a row naming a knob this build lacks is
     marked unavailable and its knobs are left out of the rows after it."""
-    names, knobs, rows = knob_names(), dict(VTC_LIKE), []
+    names = knob_names()
+    knobs, rows = {k: v for k, v in VTC_LIKE.items() if k in names}, []
     for label, scheduler, engine, adds in LADDER:
         row = {"label": label, "scheduler": scheduler, "engine": engine, "knobs": None, "missing": []}
         if adds is None:
@@ -479,6 +481,12 @@ def claims(results: pd.DataFrame, ladder: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit 2, nothing written."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def default_data() -> Path:
     """The shared data beside the repository (main) or one level up (a worktree)."""
     for base in (ROOT.parent, ROOT.parent.parent):
@@ -498,10 +506,10 @@ def main() -> None:
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     bad = [w for w in args.workloads if w not in WORKLOADS]
     if bad:
-        sys.exit(f"--workloads: unknown {', '.join(bad)}; expected some of {', '.join(WORKLOADS)}")
+        fail(f"--workloads: unknown {', '.join(bad)}; expected some of {', '.join(WORKLOADS)}")
     for need in (SHAREGPT, SHAREGPT_TRAIN, AZURE):
         if not (args.data / need).is_file():
-            sys.exit(f"--data: {args.data / need} not found (see the module docstring for the sources)")
+            fail(f"--data: {args.data / need} not found (see the module docstring for the sources)")
     args.seeds = QUICK_SEEDS if args.quick else SEEDS
     args.grid = QUICK_BUDGET_GRID if args.quick else BUDGET_GRID
     args.limit = QUICK_LIMIT if args.quick else FULL_LIMIT
