@@ -418,7 +418,8 @@ def claims(results: pd.DataFrame, ladder: list[dict]) -> list[str]:
                 gains.append((np.mean(logs) * (1 if higher_better else -1), r1["label"]))
         return max(gains)[1] if gains else "-"
 
-    def verdict(value, claim, higher_better=True, tol=0.05):
+    def verdict(value, claim, higher_better=True, tol=0.02):
+        """Beaten: past the claim by more than ``tol`` (relative); reached: within it; missed: short of it."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "not measured"
         if (value >= claim * (1 + tol)) if higher_better else (value <= claim * (1 - tol)):
@@ -446,19 +447,22 @@ def claims(results: pd.DataFrame, ladder: list[dict]) -> list[str]:
              f"On the same engine, Equinox vs VTC: {fmt(same_l, '{:.0%}')} (negative: higher). The ladder "
              f"step that cuts mean TTFT most: **{top_step('ttft_mean', higher_better=False)}**.", ""]  # fmt: skip
     lines = []
-    best_any = None
+    best_any, where = None, ""
     for axis, label in (("jain", "service rate"), ("jain_ttft", "TTFT"), ("jain_resource", "resource")):
         same = per_workload("equinox", "vtc", axis)
         fcfs = per_workload("fcfs", "vtc", axis)
         pub = per_workload("equinox", "vtc@slora", axis)
-        for d in (same, pub):
-            if d:
-                best_any = max(best_any or 0, max(d.values()))
+        for d, how in ((same, "same engine"), (pub, "as published")):
+            for w, v in d.items():
+                if best_any is None or v > best_any:
+                    best_any, where = v, f"Jain {label} on {w}, {how}"
+                    if fcfs.get(w) is not None:
+                        where += f"; FCFS / VTC there: {fcfs[w]:.3f}"
         lines.append(f"- Jain ({label}), Equinox / VTC, as published: {fmt(pub, '{:.3f}')}; same engine: "
                      f"{fmt(same, '{:.3f}')}; FCFS / VTC, same engine: {fmt(fcfs, '{:.3f}')}.")  # fmt: skip
     text += ["### 13% higher fairness (Jain)", "",
-             f"**{verdict(best_any, 1.13)}** (best Equinox/VTC Jain ratio {best_any:.3f} over the three figures "
-             f"and the workloads, as published or on the same engine; FCFS beside: a ratio FCFS reaches too is "
+             f"**{verdict(best_any, 1.13)}** (best Equinox/VTC Jain ratio {best_any:.3f}: {where}; over the three "
+             f"figures and the workloads, as published or on the same engine; FCFS beside: a ratio FCFS reaches too is "
              f"latency equality by arrival order, not fairness). The ladder step that raises service-rate Jain "
              f"most: **{top_step('jain')}**.",
              "", *lines, ""]  # fmt: skip
@@ -546,9 +550,11 @@ def timing(args, results, n_runs: int, elapsed: float) -> str:
     if args.quick:
         per = n_runs / (len(args.workloads) * len(args.seeds)) - len(QUICK_BUDGET_GRID) + len(BUDGET_GRID)
         full = len(WORKLOADS) * len(SEEDS) * per
-        est = wall / n_runs * FULL_LIMIT / QUICK_LIMIT * full / args.jobs
+        # Replay time grows faster than the requests (queues grow under overload): measured 3.7x (overload)
+        # to 5.6x (ShareGPT) for 3.3x the requests, i.e. about requests ** 1.3.
+        est = wall / n_runs * (FULL_LIMIT / QUICK_LIMIT) ** 1.3 * full / args.jobs
         text += (f" Estimated full run: {full:.0f} replays of {FULL_LIMIT:,} requests, about {est / 60:.0f} min "
-                 f"on {args.jobs} workers (linear in requests), plus MoPE training.")  # fmt: skip
+                 f"on {args.jobs} workers (replay time ~ requests ** 1.3), plus MoPE training.")  # fmt: skip
     return text
 
 
