@@ -47,6 +47,9 @@ REQUEST_SCHEMA = pa.schema(
         ("waiting_tokens_at_arrival", pa.int64()),  # prompt tokens waiting ahead of it
         ("running_at_arrival", pa.int64()),
         ("kv_used_at_arrival", pa.float64()),  # fraction of the KV cache in use
+        # The request's share of engine time: every step's time split by the cost model (its prefill
+        # chunks' FLOPs and attention, its decodes' weight-read share and KV reads); null if not computed.
+        ("engine_seconds", pa.float64()),
     ]
 )
 

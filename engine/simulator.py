@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.cost_model import decode_split, request_seconds, step_split
 from engine.request import Request
 from engine.results import REQUEST_SCHEMA, STEP_SCHEMA
 from schedulers.base import Policy
@@ -237,12 +238,20 @@ class Simulator:
         self._kv_stored = 0  # sum of their stored COMPUTED
         self._residues = [0] * self.bs  # how many of them have stored COMPUTED % bs == r
         self._next_finish = INF  # at most the smallest g at which one of them finishes
+        # Engine seconds of each request (the cost model's split of every step; requests.parquet).
+        # During lazy decode steps a decoding request's entry holds its value minus
+        # ``_es_x + stored COMPUTED * _es_y`` (the decode shares since it joined; see _fold_es).
+        self._es_x = self._es_y = 0.0
 
         columns = column_lists(workload)  # Request's positional arguments, in order
         arrivals = columns[2]
         self.reqs = reqs = [Request(*row) for row in zip(*columns)]
         for i, req in enumerate(reqs):
             req.row = i
+        self._es = np.zeros(len(reqs))
+        bind = getattr(self.policy, "bind_engine", None)
+        if bind is not None:  # what an engine-aware policy (Equinox) reads: step costs, KV capacity
+            bind(cost_model=self.cost, kv_capacity_tokens=cfg.total_blocks * cfg.block_size)
         # Requests that could never run on this engine (rejected at arrival), all at once.
         total = np.asarray(columns[3], dtype=np.int64) + np.asarray(columns[4], dtype=np.int64)
         runnable = (total + self.bs - 1) // self.bs <= cfg.total_blocks
@@ -392,6 +401,8 @@ class Simulator:
             batch = self.batch
             n = batch.n
             a = batch.a
+            self._fold_es(np.flatnonzero(a[DECODING, :n]))
+            self._es_x = self._es_y = 0.0
             shift = a[DECODING, :n] * g
             a[COMPUTED, :n] += shift
             a[GENERATED, :n] += shift
@@ -399,6 +410,11 @@ class Simulator:
             a[BLOCKS, :n] = np.where(shift != 0, blocks, a[BLOCKS, :n])
             self._g = 0
         self._lazy = False
+
+    def _fold_es(self, pos) -> None:
+        """Add the lazy decode steps' shares to the engine seconds of the decoding requests at ``pos``."""
+        a = self.batch.a
+        self._es[a[ROW, pos]] += self._es_x + a[COMPUTED, pos] * self._es_y
 
     def _decode_step(self, now: float, step_budget: int, need: int, preempted: int) -> float:
         """A step in which every running request decodes (``need`` of them take a new block,
@@ -432,6 +448,18 @@ class Simulator:
             prefill_pairs = float((k * ((k + 1) / 2)).sum())
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, n, decode_kv, m))
         self._last_dt = dt
+        if admitted:  # the decodes' shares accrue in _es_x, _es_y; each prefill's lands now
+            pt, dtok, pair, kv, pr, dr = step_split(self.cost, prefill_tokens, prefill_pairs, n, decode_kv, m)
+            common = dtok + dr
+            es = self._es
+            for j in range(admitted):
+                k = chunks[j]
+                es[a[ROW, n + j]] += pt * k + pair * k * ((k + 1) / 2) + pr
+        elif n:
+            common, kv = decode_split(self.cost, dt, n, decode_kv)
+        if n:
+            self._es_x += common + kv * (g + 1)
+            self._es_y += kv
         if self._wants_steps:
             tokens = np.ones(m, dtype=np.int64)
             tokens[n:] = chunks
@@ -456,6 +484,7 @@ class Simulator:
             a[COMPUTED, p] = computed
             a[GENERATED, p] = generated
             a[DECODING, p] = 1
+            self._es[int(a[ROW, p])] -= self._es_x + computed * self._es_y  # it decodes from now on
             self._decoding += 1
             self._kv_stored += computed
             self._residues[computed % bs] += 1
@@ -539,6 +568,8 @@ class Simulator:
             decode_kv = int(computed.sum()) + decode_tokens
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, m))
         self._last_dt = dt
+        split = step_split(self.cost, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, m)
+        self._es[cols[ROW]] += request_seconds(split, tokens, computed, decoding)
         if self._wants_steps:
             self._report_step(now, dt, slice(0, m) if pos is None else pos, tokens)
         flops = self.cost.step_flops(prefill_tokens, prefill_pairs, decode_tokens, decode_kv)
@@ -756,6 +787,7 @@ class Simulator:
         column = batch.a[:, p].tolist()
         row, computed, generated, blocks = column[ROW], column[COMPUTED], column[GENERATED], column[BLOCKS]
         if self._lazy:  # a decoding request with stored values
+            self._fold_es(p)
             self._forget_decoding(computed)
             computed += self._g
             generated += self._g
@@ -803,6 +835,7 @@ class Simulator:
         cols = batch.a[:, pos].tolist()
         rows, computed, generated, blocks = cols[ROW], cols[COMPUTED], cols[GENERATED], cols[BLOCKS]
         if self._lazy:  # decoding requests with stored values: out of the aggregates, true values
+            self._fold_es(pos)
             g = self._g
             bs = self.bs
             for c in computed:
@@ -909,6 +942,9 @@ class Simulator:
         self._last_dt = float(dt[k - 1])
         j, dt, decode_kv, needs = j[:k], dt[:k], decode_kv[:k], needs[:k]
         used_before = cfg.total_blocks - self.free
+        common, kv = decode_split(self.cost, dt, r, decode_kv)  # request i's share of step j: common + kv * (c_i + j)
+        kv = np.broadcast_to(kv, (k,))
+        self._es[a[ROW, :r]] += float(common.sum()) + float(kv.sum()) * computed + float((kv * j).sum())
 
         a[COMPUTED, :r] += k
         a[GENERATED, :r] += k
@@ -972,5 +1008,6 @@ class Simulator:
             "waiting_tokens_at_arrival": pa.array(state[1], type=pa.int64()),
             "running_at_arrival": pa.array(state[2], type=pa.int64()),
             "kv_used_at_arrival": pa.array(state[3], type=pa.float64()),
+            "engine_seconds": pa.array(self._es, mask=np.array([r.status == "rejected" for r in reqs], dtype=bool)),
         }
         return pa.Table.from_pydict(columns, schema=REQUEST_SCHEMA)
