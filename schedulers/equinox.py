@@ -329,6 +329,12 @@ class Equinox(ClientQueues):
                 return req
             if not self.knobs.skip:
                 return None
+        if caps is not None and counters.smallest_eligible(coef, caps) is None:
+            # Nobody is within both guards (the smallest UFC and the smallest RFC are different
+            # clients' and kappa is small): the smallest UFC goes, as VTC's rule would have it.
+            i = counters.smallest((1.0, 0.0))[0]
+            req = self._queues[names[i]][0]
+            return req if (room == INF or self._head_memory[i] <= room) and fits(req) else None
         limit = getattr(fits, "max_pending", None)
         if limit is not None:  # in array operations
             sizes = [(self._head_pending, limit)]

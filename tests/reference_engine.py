@@ -21,6 +21,8 @@ def ceil_div(a: int, b: int) -> int:
 def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], list[tuple]]:
     bs = config.block_size
     reqs = [Request(*row) for row in zip(*column_lists(workload))]
+    if hasattr(policy, "bind_engine"):
+        policy.bind_engine(cost_model=cost, kv_capacity_tokens=config.total_blocks * bs)
     free = config.total_blocks
     running: list[Request] = []
     steps: list[tuple] = []
