@@ -80,6 +80,7 @@ def generate(path: Path, n: int, clients: int, seed: int = 42) -> None:
         "waiting_tokens_at_arrival": ints(50_000),
         "running_at_arrival": ints(64),
         "kv_used_at_arrival": rng.random(n),
+        "engine_seconds": np.where(rejected, nan, rng.uniform(0.01, 1.0, n)),
     }
     for name in REQUEST_SCHEMA.names:  # the columns appended since (reject_reason, ...): null
         requests.setdefault(name, pa.nulls(n, REQUEST_SCHEMA.field(name).type))

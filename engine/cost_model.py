@@ -404,3 +404,99 @@ class VTCProfileCostModel:
         decode_kv_tokens: ArrayLike,
     ) -> ArrayLike:
         return model_flops(self.model, prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens)
+
+
+# -- a step's time split among its requests (Equinox's RFC, requests.parquet's engine_seconds) ----------
+# Each request of a step is charged its own terms of the cost model's step time: a prefill chunk of n
+# tokens at context c its share of the linear layers (n of the step's tokens) plus its attention pairs
+# n * (c + (n + 1) / 2); a decode at context c (c + 1 keys read) one token's share of the linear layers
+# plus reading its own KV; every request its per-request overhead and an equal part of the per-step
+# one.  ``step_split`` gives the coefficients of those terms for one step, ``request_seconds`` applies
+# them; the shares of a step's requests sum to its step time.
+
+
+def step_split(cost, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests) -> tuple:
+    """``(prefill_token, decode_token, pair, kv, prefill_request, decode_request)``: seconds per
+    prefill token, per decode token, per prefill query-key pair, per decode KV token read, and per
+    prefill and per decode request, for one step with these totals.  A cost model may define its
+    own ``split``; any other is split per token computed."""
+    split = getattr(cost, "split", None)
+    if split is not None:
+        return split(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests)
+    tokens = float(prefill_tokens) + float(decode_tokens)
+    if not tokens > 0:
+        return (0.0,) * 6
+    t = float(cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests)) / tokens
+    return (t, t, 0.0, 0.0, 0.0, 0.0)
+
+
+def request_seconds(coefficients: tuple, tokens: np.ndarray, context: np.ndarray, decoding: np.ndarray) -> np.ndarray:
+    """Each request's share of a step, from ``step_split``'s coefficients: ``tokens`` computed this
+    step, ``context`` tokens computed before it, ``decoding`` (bool) for a decode."""
+    pt, dt, pair, kv, pr, dr = coefficients
+    n = tokens.astype(np.float64)
+    c = context.astype(np.float64)
+    prefill = pt * n + pair * n * (c + (n + 1.0) / 2.0) + pr
+    decode = dt * n + kv * (c + 1.0) + dr
+    return np.where(decoding, decode, prefill)
+
+
+def _roofline_split(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests) -> tuple:
+    tokens = float(prefill_tokens) + float(decode_tokens)
+    if not tokens > 0:
+        return (0.0,) * 6
+    linear_flops, compute_rate, memory, pair_flops, attention_rate, kv_bytes, bandwidth = self._terms
+    compute = linear_flops * tokens / compute_rate
+    p = self.roofline_p
+    if p == 2.0:
+        linear = math.sqrt(compute * compute + memory * memory)
+    elif math.isinf(p):
+        linear = max(compute, memory)
+    else:
+        linear = (compute**p + memory**p) ** (1.0 / p)
+    per_token = linear / tokens
+    per_request = self.request_overhead_s + self.step_overhead_s / max(float(num_requests), 1.0)
+    return (per_token, per_token, pair_flops / attention_rate, kv_bytes / bandwidth, per_request, per_request)
+
+
+def _roofline_decode_split(self, duration_s, decode_tokens, decode_kv) -> tuple:
+    """A pure decode step of ``decode_tokens`` requests reading ``decode_kv`` keys in all, that took
+    ``duration_s`` (floats or arrays of steps): ``(common, kv)``, each decode's share being
+    ``common + kv * (its context + 1)``."""
+    *_, kv_bytes, bandwidth = self._terms
+    kv = kv_bytes / bandwidth
+    return (duration_s - kv * decode_kv) / decode_tokens, kv
+
+
+def _vtc_split(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests) -> tuple:
+    a, b, _, _, e = self.coefficients_ms
+    k = self.kv_coefficient_ms
+    p, dec = float(prefill_tokens), float(decode_tokens)
+    n_prefill = max(float(num_requests) - dec, 0.0)
+    ms = a * p + e * n_prefill + b * dec + k * float(decode_kv)
+    if not (p + dec > 0 and ms > 0):
+        return (0.0,) * 6
+    scale = max(self.min_step_s, ms / 1000.0) / ms  # seconds per modelled millisecond
+    return (a * scale, b * scale, 0.0, k * scale, e * scale, 0.0)
+
+
+def _vtc_decode_split(self, duration_s, decode_tokens, decode_kv) -> tuple:
+    _, b, _, _, _ = self.coefficients_ms
+    k = self.kv_coefficient_ms
+    scale = duration_s / (b * decode_tokens + k * decode_kv)
+    return b * scale, k * scale
+
+
+RooflineCostModel.split = _roofline_split
+RooflineCostModel.decode_split = _roofline_decode_split
+VTCProfileCostModel.split = _vtc_split
+VTCProfileCostModel.decode_split = _vtc_decode_split
+
+
+def decode_split(cost, duration_s, decode_tokens, decode_kv) -> tuple:
+    """``(common, kv)`` of a pure decode step (see ``RooflineCostModel.decode_split``); a cost model
+    without one splits the step evenly."""
+    split = getattr(cost, "decode_split", None)
+    if split is not None:
+        return split(duration_s, decode_tokens, decode_kv)
+    return duration_s / decode_tokens, 0.0 * duration_s

@@ -51,6 +51,9 @@ REQUEST_SCHEMA = pa.schema(
         ("reject_reason", pa.string()),  # null when served; too_long | exceeds_kv | rate_limit
         ("cached_prompt_tokens", pa.int64()),  # prompt tokens served from the prefix cache at first admission
         ("prefix_hashes", pa.list_(pa.int64())),  # as the workload gave them (null when none)
+        # The request's share of engine time: every step's time split by the cost model (its prefill
+        # chunks' FLOPs and attention, its decodes' weight-read share and KV reads); null if not computed.
+        ("engine_seconds", pa.float64()),
     ]
 )
 

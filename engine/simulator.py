@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.cost_model import decode_split, request_seconds, step_split
 from engine.prefix_cache import PrefixCache, block_keys
 from engine.request import Request
 from engine.results import EXCEEDS_KV, RATE_LIMIT, REQUEST_SCHEMA, STEP_SCHEMA, TOO_LONG
@@ -270,6 +271,10 @@ class Simulator:
         self._kv_stored = 0  # sum of their stored COMPUTED
         self._residues = [0] * self.bs  # how many of them have stored COMPUTED % bs == r
         self._next_finish = INF  # at most the smallest g at which one of them finishes
+        # Engine seconds of each request (the cost model's split of every step; requests.parquet).
+        # During lazy decode steps a decoding request's entry holds its value minus
+        # ``_es_x + stored COMPUTED * _es_y`` (the decode shares since it joined; see _fold_es).
+        self._es_x = self._es_y = 0.0
 
         columns = column_lists(workload)  # Request's positional arguments, in order
         arrivals = columns[2]
@@ -284,6 +289,10 @@ class Simulator:
             if any_keys:
                 self._cache = PrefixCache(cfg.total_blocks, self.bs, keys)
             self.policy.prefix_lookup = self._prefix_lookup
+        self._es = np.zeros(len(reqs))
+        bind = getattr(self.policy, "bind_engine", None)
+        if bind is not None:  # what an engine-aware policy (Equinox) reads: step costs, KV capacity
+            bind(cost_model=self.cost, kv_capacity_tokens=cfg.total_blocks * cfg.block_size)
         # The request objects live as long as the replay: keep the collector from walking them
         # again and again (a million of them make every full collection long), as vLLM does.
         # A process that froze its heap itself (a vLLM server) keeps it frozen.
@@ -433,6 +442,8 @@ class Simulator:
             batch = self.batch
             n = batch.n
             a = batch.a
+            self._fold_es(np.flatnonzero(a[DECODING, :n]))
+            self._es_x = self._es_y = 0.0
             shift = a[DECODING, :n] * g
             a[COMPUTED, :n] += shift
             a[GENERATED, :n] += shift
@@ -440,6 +451,11 @@ class Simulator:
             a[BLOCKS, :n] = np.where(shift != 0, blocks, a[BLOCKS, :n])
             self._g = 0
         self._lazy = False
+
+    def _fold_es(self, pos) -> None:
+        """Add the lazy decode steps' shares to the engine seconds of the decoding requests at ``pos``."""
+        a = self.batch.a
+        self._es[a[ROW, pos]] += self._es_x + a[COMPUTED, pos] * self._es_y
 
     def _decode_step(self, now: float, step_budget: int, need: int, preempted: int) -> float:
         """A step in which every running request decodes (``need`` of them take a new block,
@@ -478,6 +494,19 @@ class Simulator:
                 prefill_pairs = float((k * ((k + 1) / 2)).sum())
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, n, decode_kv, m))
         self._last_dt = dt
+        if admitted:  # the decodes' shares accrue in _es_x, _es_y; each prefill's lands now
+            pt, dtok, pair, kv, pr, dr = step_split(self.cost, prefill_tokens, prefill_pairs, n, decode_kv, m)
+            common = dtok + dr
+            es = self._es
+            for j in range(admitted):
+                k = chunks[j]
+                c = int(a[COMPUTED, n + j]) if cached else 0  # a prefill starts from its cache hits
+                es[a[ROW, n + j]] += pt * k + pair * k * (c + (k + 1) / 2) + pr
+        elif n:
+            common, kv = decode_split(self.cost, dt, n, decode_kv)
+        if n:
+            self._es_x += common + kv * (g + 1)
+            self._es_y += kv
         if self._wants_steps:
             tokens = np.ones(m, dtype=np.int64)
             tokens[n:] = chunks
@@ -506,6 +535,7 @@ class Simulator:
             a[COMPUTED, p] = computed
             a[GENERATED, p] = generated
             a[DECODING, p] = 1
+            self._es[int(a[ROW, p])] -= self._es_x + computed * self._es_y  # it decodes from now on
             self._decoding += 1
             self._kv_stored += computed
             self._residues[computed % bs] += 1
@@ -590,6 +620,8 @@ class Simulator:
             decode_kv = int(computed.sum()) + decode_tokens
         dt = float(self.cost.step_time(prefill_tokens, prefill_pairs, decode_tokens, decode_kv, m))
         self._last_dt = dt
+        split = step_split(self.cost, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, m)
+        self._es[cols[ROW]] += request_seconds(split, tokens, computed, decoding)
         if self._wants_steps:
             self._report_step(now, dt, slice(0, m) if pos is None else pos, tokens)
         flops = self.cost.step_flops(prefill_tokens, prefill_pairs, decode_tokens, decode_kv)
@@ -854,6 +886,7 @@ class Simulator:
         column = batch.a[:, p].tolist()
         row, computed, generated, blocks = column[ROW], column[COMPUTED], column[GENERATED], column[BLOCKS]
         if self._lazy:  # a decoding request with stored values
+            self._fold_es(p)
             self._forget_decoding(computed)
             computed += self._g
             generated += self._g
@@ -901,6 +934,7 @@ class Simulator:
         cols = batch.a[:, pos].tolist()
         rows, computed, generated, blocks = cols[ROW], cols[COMPUTED], cols[GENERATED], cols[BLOCKS]
         if self._lazy:  # decoding requests with stored values: out of the aggregates, true values
+            self._fold_es(pos)
             g = self._g
             bs = self.bs
             for c in computed:
@@ -1010,6 +1044,9 @@ class Simulator:
         self._last_dt = float(dt[k - 1])
         j, dt, decode_kv, needs = j[:k], dt[:k], decode_kv[:k], needs[:k]
         used_before = cfg.total_blocks - self.free
+        common, kv = decode_split(self.cost, dt, r, decode_kv)  # request i's share of step j: common + kv * (c_i + j)
+        kv = np.broadcast_to(kv, (k,))
+        self._es[a[ROW, :r]] += float(common.sum()) + float(kv.sum()) * computed + float((kv * j).sum())
 
         a[COMPUTED, :r] += k
         a[GENERATED, :r] += k
@@ -1078,5 +1115,6 @@ class Simulator:
                 lambda r: None if r.status == "rejected" else r.cached_prompt_tokens, pa.int64()
             ),
             "prefix_hashes": workload.column("prefix_hashes"),
+            "engine_seconds": pa.array(self._es, mask=np.array([r.status == "rejected" for r in reqs], dtype=bool)),
         }
         return pa.Table.from_pydict(columns, schema=REQUEST_SCHEMA)

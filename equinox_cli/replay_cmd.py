@@ -91,9 +91,9 @@ def replay(
     tpot_slo: float = typer.Option(
         _EQ.tpot_slo_s, help="Equinox: time-per-output-token SLO in seconds.", rich_help_panel="Equinox"
     ),
-    delta: float = typer.Option(
-        _EQ.delta,
-        help="Equinox: HF slack within which a fitting request may skip one that does not fit.",
+    kappa: float = typer.Option(
+        _EQ.kappa,
+        help="Equinox: the guard: a client more than kappa U (UFC) or kappa R (RFC) over the smallest waits.",
         rich_help_panel="Equinox",
     ),
     adaptive_budget: bool = typer.Option(
@@ -163,7 +163,7 @@ def replay(
     _check_options(locals())
     try:
         knobs = EquinoxKnobs(
-            alpha=alpha, beta=beta, gamma=gamma, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, delta=delta,
+            alpha=alpha, beta=beta, gamma=gamma, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, kappa=kappa,
             adaptive_budget=adaptive_budget, budget_min=budget_min, budget_max=budget_max,
             utilization_target=utilization_target,
         )  # fmt: skip

@@ -55,7 +55,7 @@ def serve(
     gamma: float = typer.Option(_EQ.gamma, help="Equinox: latency discount (0 = off).", rich_help_panel="Equinox"),
     ttft_slo: float = typer.Option(_EQ.ttft_slo_s, help="Equinox: TTFT SLO, s.", rich_help_panel="Equinox"),
     tpot_slo: float = typer.Option(_EQ.tpot_slo_s, help="Equinox: TPOT SLO, s.", rich_help_panel="Equinox"),
-    delta: float = typer.Option(_EQ.delta, help="Equinox: HF slack for skipping.", rich_help_panel="Equinox"),
+    kappa: float = typer.Option(_EQ.kappa, help="Equinox: the guard, in U and R units.", rich_help_panel="Equinox"),
     adaptive_budget: bool = typer.Option(
         _EQ.adaptive_budget, help="Equinox: adapt the step token budget.", rich_help_panel="Equinox"
     ),  # fmt: skip
@@ -85,7 +85,7 @@ def serve(
     try:
         settings = ServingSettings(
             scheduler=scheduler, seed=seed, w_p=w_p, w_q=w_q,
-            equinox=_knobs(alpha=alpha, beta=beta, gamma=gamma, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, delta=delta,
+            equinox=_knobs(alpha=alpha, beta=beta, gamma=gamma, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, kappa=kappa,
                            adaptive_budget=adaptive_budget, budget_min=budget_min, budget_max=budget_max,
                            utilization_target=utilization_target),
             predictors=str(predictors.resolve()) if predictors else None,

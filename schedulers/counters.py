@@ -357,3 +357,45 @@ class ClientCounters:
         columns, scores = np.concatenate(columns), np.concatenate(scores)
         order = np.lexsort((columns, scores))
         return list(zip(columns[order].tolist(), scores[order].tolist()))
+
+    def smallest_eligible(
+        self, coef: tuple[float, ...], caps: tuple[float, ...] | None, sizes: list | tuple = ()
+    ) -> tuple[int, float] | None:
+        """The backlogged client with the smallest (score, first seen) among those whose counter of
+        each row ``r`` is at most ``caps[r]`` (None: any) and whose ``array[column]`` is at most
+        ``limit`` for each ``(array, limit)`` in ``sizes``; None when there is none.
+
+        Blocks are opened in increasing order of their lower bound, skipping a block whose minimum
+        of some row is over its cap, until the next bound cannot beat the best found."""
+        if self._stale >= 0:
+            self._clean()
+        bounds = self._bounds(coef)
+        if bounds.base is not None:  # a row of the block minima itself: work on a copy
+            bounds = bounds.copy()
+        if caps is not None:
+            for row, cap in enumerate(caps):
+                bounds[self._min_rows[row] > cap] = INF
+        best = None
+        while True:
+            block = int(bounds.argmin())
+            low = bounds.item(block)
+            if low == INF:
+                break
+            if best is not None and (low > best[1] or (low == best[1] and block * BLOCK > best[0])):
+                break
+            bounds[block] = INF
+            s = slice(block * BLOCK, (block + 1) * BLOCK)
+            scores = self._scores(block, coef)
+            ok = scores < INF
+            if caps is not None:
+                for row, cap in enumerate(caps):
+                    ok &= self._key_rows[row][s] <= cap
+            for array, limit in sizes:
+                ok &= array[s] <= limit
+            if not ok.any():
+                continue
+            j = int(np.where(ok, scores, INF).argmin())
+            score, i = scores.item(j), block * BLOCK + j
+            if best is None or score < best[1] or (score == best[1] and i < best[0]):
+                best = (i, score)
+        return best

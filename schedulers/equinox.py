@@ -1,149 +1,99 @@
-"""Equinox: holistic fair scheduling with two counters per client (ALGORITHMS.md section 3).
+"""Equinox: holistic fair scheduling with two counters per client (ALGORITHMS.md section 3, second design).
 
-* **UFC**, the User Fairness Counter: service the user perceived.  At admission
-  ``UFC += (w_p * prompt * g(ttft_hat) + w_q * out_hat * g(tpot_hat)) / weight`` with
-  ``g(lat) = 1 / (1 + gamma * max(0, lat / slo - 1))``: tokens that came late count less,
-  so a client whose requests waited moves ahead.  Latency counts from when a request became
-  the head of its client's queue: the wait behind the client's own earlier requests is
-  self-inflicted (a client that floods the queue must not earn a discount for it); the wait
-  at the head is what the scheduler made it wait.  ``ttft_hat`` is that wait so far plus the
-  predicted prefill time; ``tpot_hat`` the predicted time per output token.
-  Output tokens beyond ``out_hat`` are charged as they come; at completion the charge is
-  replaced by the actual one (actual length, TTFT and TPOT).
-* **RFC**, the Resource Fairness Counter: engine time the client's requests used.  At
-  admission ``RFC += gpu_seconds_hat / weight`` (prompt and predicted output tokens at the
-  engine's measured seconds per token); each step's measured time is shared among its
-  requests in proportion to the tokens they computed, charged beyond the prediction as
-  it accrues, and corrected to the actual at completion.
-* **HF** ``= alpha * UFC / mean(UFC) + beta * RFC / mean(RFC)`` over backlogged clients
-  (an all-zero counter normalises to 0).  Admission picks the lowest HF; with ``beta = 0``
-  (or ``alpha = 0``) the order is that of the one counter, which is VTC's order when
-  ``gamma = 0`` and lengths are exact: the reduction test.
-* **Adaptive batching**: when the lowest-HF client's next request does not fit, admit the
-  head of another client whose HF is within ``delta`` of the minimum; and grow the step
-  token budget while the measured time per output token is under its SLO and the step's
-  utilization is under target, shrinking it otherwise.
+* **UFC**, the User Fairness Counter: perceived service.  At admission
+  ``UFC += q * (w_p * prompt + w_q * out_hat) / weight``; output tokens beyond ``out_hat`` are
+  charged at the same ``q`` as they come, and at completion the charge is corrected to the
+  actual length (as VTC-predict).  ``q`` in ``[q_min, 1]`` is fixed at admission:
+  ``q = max(q_min, 1 / (1 + gamma * max(0, lat / ref - 1)))`` with ``lat`` the time the request
+  waited at the head of its client's queue plus its predicted prefill, and ``ref`` the smaller of
+  the clients' recent typical latency (a geometric moving average over admissions) and the TTFT
+  SLO; a predicted TPOT over its SLO lowers ``q`` the same way.  A request that waited longer
+  than is typical costs its client less, so that client is served sooner: ``gamma`` trades
+  service-rate equality (0: ``q = 1``, VTC's counter) against latency equality.
+* **RFC**, the Resource Fairness Counter: engine-seconds.  Each step's measured time is split
+  among its requests by the cost model (``engine.cost_model.step_split``: a prefill chunk's
+  linear FLOPs and attention over its context, a decode's share of the weight read and its own
+  KV read), plus KV residency ``residency * duration * kv_tokens / kv_capacity``; prompt tokens
+  the engine did not compute (a prefix-cache hit) are in no step and cost nothing.  At
+  admission the prediction is charged (prefill, predicted decode steps, predicted residency),
+  what goes beyond it is charged per step, and at completion the charge is corrected to the
+  measured total.  Units: engine-seconds / weight.
+* **HF** ``= alpha * UFC / mean(UFC) + beta * RFC / mean(RFC)`` over backlogged clients.
+* **The guard**: a client is eligible only while ``UFC - min UFC <= kappa * U`` and
+  ``RFC - min RFC <= kappa * R`` over the backlogged clients (``U = max(w_p * L_input,
+  w_q * M) / min weight``, VTC's bound unit; ``R`` the largest engine time of one request so
+  far, / weight).  Admission takes the lowest HF among eligible clients; when its head does not
+  fit, the next eligible client whose head fits (``skip``), never one outside the guard.  The
+  bound this gives is in ``schedulers/equinox_bound.py`` and docs/EQUINOX.md.
+* **Adaptive batching**: memory-aware admission (``memory_aware``): admit while the running
+  requests' prompts plus their predicted outputs at a high quantile (the predictor's
+  ``output_quantile``, else the client's recent p90) fit the KV cache; and a token budget
+  (``adaptive_budget``) that grows when it binds and the predicted step time of the grown
+  budget keeps TPOT under its SLO, and shrinks when a step exceeds the SLO.
 
-Both counters are lifted like VTC's when a client becomes backlogged.  Output lengths come
-from an oracle (the request's actual length), a predictor session (MoPE), or, by default,
-the client's moving average (as VTC-predict).  A MoPE session takes each request's features
-when it arrives (the client's history then, as training defines them) and predicts output
-lengths in batches: the first admission that needs a prediction predicts every request that
-arrived since the last batch.  Every knob is in ``EquinoxKnobs``.
+The engine tells Equinox its cost model and KV capacity through ``bind_engine`` (the simulator
+does); without them engine time is split per token and the guard's ``U`` and memory-aware
+admission are off.  Alpha 1, beta 0, gamma 0, oracle lengths, kappa infinite and no adaptive
+batching (no skip, no memory-aware admission, fixed budget) is VTC-oracle(0) request for request.
 """
 
 from __future__ import annotations
 
-from array import array
+import math
+from collections import deque
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pyarrow as pa
 
+from engine.cost_model import request_seconds, step_split
 from engine.request import Request
-from engine.results import COUNTER_SCHEMA
 from schedulers.client_queues import ClientQueues
 from schedulers.counters import ClientCounters
+from schedulers.equinox_charges import Charges
+from schedulers.trajectory import Trajectory
 
 UFC, RFC = 0, 1  # the rows of the counters
 WINDOW = 5  # moving average of output lengths, as VTC-predict
-EMA = 0.05  # smoothing of the measured seconds per token
+HISTORY = 20  # outputs kept per client for its quantile
+EMA = 0.05  # smoothing of measured step terms
+LATENCY_EMA = 0.2  # smoothing of each client's (log) latency
+INF = float("inf")
 
 
 @dataclass(frozen=True)
 class EquinoxKnobs:
     alpha: float = 0.5  # weight of the user counter in HF
     beta: float = 0.5  # weight of the resource counter in HF
-    gamma: float = 1.0  # latency discount strength (0: off)
-    ttft_slo_s: float = 2.0  # TTFT SLO of the latency discount
-    tpot_slo_s: float = 0.1  # time-per-output-token SLO (discount and budget adaptation)
-    delta: float = 0.1  # HF slack for skipping a request that does not fit (0: no skipping)
+    gamma: float = 1.0  # latency factor strength (0: q = 1)
+    q_min: float = 0.1  # floor of the latency factor
+    ttft_slo_s: float = 2.0  # TTFT SLO (the latency factor's reference is at most this)
+    tpot_slo_s: float = 0.1  # time-per-output-token SLO (latency factor and budget)
+    kappa: float = 1.0  # the guard on UFC, in units of U (inf: off)
+    kappa_r: float | None = None  # the guard on RFC, in units of R (None: kappa)
+    residency: float = 1.0  # lambda: engine-seconds of holding the whole KV cache for one second
+    skip: bool = True  # a head that does not fit is skipped for the next eligible one that does
+    memory_aware: bool = True  # admit only while prompts + predicted outputs (quantile) fit the KV cache
+    quantile: float = 0.7  # of the predicted output, for memory-aware admission
     adaptive_budget: bool = True  # adapt the step token budget
     budget_min: int = 256
     budget_max: int = 8192
-    utilization_target: float = 0.9  # of the step's token budget
+    utilization_target: float = 0.9  # a step using this share of the budget is bound by it
     lengths: str = "average"  # "oracle", "average" or "predictor"
     log_interval_s: float = 1.0  # counter trajectory sampling (clients that changed), for the audit
 
     def __post_init__(self):
-        if min(self.alpha, self.beta, self.gamma, self.delta) < 0 or self.alpha + self.beta == 0:
-            raise ValueError("alpha, beta, gamma, delta must be >= 0 and alpha + beta > 0")
+        if min(self.alpha, self.beta, self.gamma, self.kappa, self.residency) < 0 or self.alpha + self.beta == 0:
+            raise ValueError("alpha, beta, gamma, kappa, residency must be >= 0 and alpha + beta > 0")
+        if not 0 < self.q_min <= 1:
+            raise ValueError("q_min must be in (0, 1]")
+        if not 0 < self.quantile < 1:
+            raise ValueError("quantile must be in (0, 1)")
         if self.ttft_slo_s <= 0 or self.tpot_slo_s <= 0:
             raise ValueError("latency SLOs must be > 0")
         if not 0 < self.budget_min <= self.budget_max:
             raise ValueError("need 0 < budget_min <= budget_max")
         if self.lengths not in ("oracle", "average", "predictor"):
             raise ValueError("lengths must be oracle, average or predictor")
-
-
-class _Charges:
-    """What each admitted, unfinished request has been charged so far, and the predictions
-    behind it, as columns indexed by the request's slot (``req.slot``): a step's charges are
-    a few array operations over its batch, not a loop over its requests."""
-
-    FLOATS = ("out_hat", "tpot_hat", "discount", "ufc", "rfc_actual", "rfc", "weight")
-
-    def __init__(self, capacity: int = 256) -> None:
-        self._columns = np.zeros((len(self.FLOATS), capacity))  # one row per name in FLOATS
-        self._views()
-        self.client = np.zeros(capacity, dtype=np.int64)  # the client's first-seen index
-        self._free = list(range(capacity - 1, -1, -1))
-
-    def _views(self) -> None:
-        for row, name in enumerate(self.FLOATS):
-            setattr(self, name, self._columns[row])
-
-    def add(self, client: int, weight: float, out_hat: float, tpot_hat: float, discount: float,
-            ufc: float, rfc: float) -> int:  # fmt: skip
-        """A new request's charge; returns its slot.  ``discount`` is g(tpot_hat), the price
-        factor of output tokens beyond ``out_hat``; ``rfc`` the engine time charged at admission."""
-        if not self._free:
-            n = len(self.client)
-            self._columns = np.concatenate((self._columns, np.zeros_like(self._columns)), axis=1)
-            self._views()
-            self.client = np.concatenate((self.client, np.zeros(n, dtype=np.int64)))
-            self._free = list(range(2 * n - 1, n - 1, -1))
-        slot = self._free.pop()
-        self.client[slot] = client
-        self._columns[:, slot] = (out_hat, tpot_hat, discount, ufc, 0.0, rfc, weight)
-        return slot
-
-    def release(self, slot: int) -> None:
-        self._free.append(slot)
-
-
-class Trajectory:
-    """Equinox's counter samples (``counters.parquet``) as typed columns: a long replay takes
-    millions (every client that changed, every ``log_interval_s``)."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.names = names  # client index -> name
-        self.time_s, self.ufc, self.rfc, self.hf = array("d"), array("d"), array("d"), array("d")
-        self.client = array("q")
-
-    def __len__(self) -> int:
-        return len(self.time_s)
-
-    def append(self, now: float, clients: np.ndarray, ufc: np.ndarray, rfc: np.ndarray, hf: np.ndarray) -> None:
-        self.time_s.extend([now] * len(clients))
-        self.client.frombytes(clients.astype(np.int64).tobytes())
-        for column, values in ((self.ufc, ufc), (self.rfc, rfc), (self.hf, hf)):
-            column.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
-
-    def table(self) -> pa.Table:
-        hf = np.frombuffer(self.hf, dtype=np.float64)
-        names = pa.array(self.names, type=pa.string())
-        clients = pa.DictionaryArray.from_arrays(pa.array(np.frombuffer(self.client, dtype=np.int64)), names)
-        return pa.table(
-            {
-                "time_s": np.frombuffer(self.time_s, dtype=np.float64),
-                "client_id": clients.cast(pa.string()),
-                "ufc": np.frombuffer(self.ufc, dtype=np.float64),
-                "rfc": np.frombuffer(self.rfc, dtype=np.float64),
-                "hf": pa.array(hf, mask=np.isnan(hf)),  # null: not backlogged
-            },
-            schema=COUNTER_SCHEMA,
-        )
 
 
 class Equinox(ClientQueues):
@@ -158,28 +108,61 @@ class Equinox(ClientQueues):
         # A predictor session with the amortised path (predictors.Session) takes each request's
         # features at arrival and predicts output lengths in batches, when an admission needs one;
         # any other predictor is asked at admission (predict_one).
-        self._arrive = self._take = self._forget = None
+        self._arrive = self._take = self._forget = self._quantile_of = None
         if knobs.lengths == "predictor":
             self._arrive = getattr(predictor, "arrive", None)
             self._take = getattr(predictor, "output_tokens", None)
             self._forget = getattr(predictor, "forget", None)
+            self._quantile_of = getattr(predictor, "output_quantile", None)
             if self._take is None:
                 self._take = lambda req: float(predictor.predict_one(req).output_tokens)
+        self.cost_model = None  # set by the engine (bind_engine)
+        self.kv_capacity: float | None = None
         # UFC (row 0) and RFC (row 1) of every client, with their minima and sums over the
         # backlogged clients: the lowest HF is found without scanning every client.
         self._counters = ClientCounters(rows=2)
-        self._charges = _Charges()
+        self._charges = Charges()
         self._head_since: dict[int, float] = {}  # request id -> when it became its client's head
         self._average: dict[str, float] = {}
-        self._sec_per_step = 0.0  # measured step time, smoothed: a decode's time per token
-        self._sec_per_token = 0.0  # measured step time per token computed, smoothed
+        self._history: dict[str, deque] = {}  # client -> its recent output lengths
+        self._quantiles: dict[str, float] = {}  # client -> the quantile of its history
+        # Step terms measured (cost-model coefficients scaled to the measured time), smoothed.
+        self._step_s = 0.0  # a step's duration
+        self._token_s = 0.0  # per prefill token (no cost model: per token computed)
+        self._pair_s = 0.0  # per prefill query-key pair
+        self._decode_s = 0.0  # per decode, besides its KV read
+        self._kv_s = 0.0  # per KV token a decode reads
+        self._request_s = 0.0  # per prefill request
+        # Each client's moving average of log latency, their sum over the clients seen, and how many.
+        self._latency_log = np.zeros(0)
+        self._latency_seen = np.zeros(0, dtype=bool)
+        self._latency_sum = 0.0
+        self._latency_clients = 0
         self._budget: int | None = None
+        # The guard's units: the longest prompt seen, the smallest weight, the largest request's RFC.
+        self._max_prompt = 0
+        self._min_weight = INF
+        self._max_request = 0.0
+        self.max_spread = [0.0, 0.0]  # the largest UFC and RFC spreads over backlogged clients logged
+        # Memory-aware admission: KV tokens reserved by the running requests, and their number.
+        self._reserved = 0.0
+        self._running = 0
         self._next_log = 0.0
         self.trajectory = Trajectory(self._counters.names)
         self._changed = np.zeros(0, dtype=bool)  # clients whose counters moved since the last sample
-        self._head_pending = np.zeros(0, dtype=np.int64)  # per client column: its head's pending tokens
-        # Per-step charging and a budget that moves between steps need every step reported.
-        self.exact_under_fast_forward = knobs.beta == 0 and not knobs.adaptive_budget
+        # per client column: its head's pending tokens and the KV tokens it would reserve
+        self._head_pending = np.zeros(0, dtype=np.int64)
+        self._head_memory = np.zeros(0)
+        # Per-step charging, a budget or latency terms that move between steps need every step.
+        self.exact_under_fast_forward = (
+            knobs.beta == 0 and knobs.gamma == 0 and knobs.kappa == INF and not knobs.adaptive_budget
+        )
+
+    def bind_engine(self, cost_model=None, kv_capacity_tokens: float | None = None) -> None:
+        """The engine's step-time model (splits each step's time) and KV capacity in tokens (the
+        guard's U, memory-aware admission, residency)."""
+        self.cost_model = cost_model
+        self.kv_capacity = kv_capacity_tokens
 
     # -- counters ----------------------------------------------------------------------
     @property
@@ -206,12 +189,36 @@ class Equinox(ClientQueues):
         i = self._counters.index[client]
         if arrival:
             self._head_since[req.request_id] = req.arrival_s
-            self._head_pending[i] = req.pending
+            self._set_head(i, req)
             self._lift(i)
         self._counters.backlog(i)
+        self._changed[i] = True
 
     def _unbacklog(self, client: str) -> None:
-        self._counters.unbacklog(self._counters.index[client])
+        i = self._counters.index[client]
+        self._counters.unbacklog(i)
+        self._changed[i] = True
+
+    # -- the guard ---------------------------------------------------------------------
+    def guard_units(self) -> tuple[float, float]:
+        """``(U, R)``: VTC's bound unit ``max(w_p * L_input, w_q * M) / min weight`` (inf without a
+        known KV capacity) and the largest engine time of one request so far (/ weight)."""
+        if self.kv_capacity is None or self._min_weight == INF:
+            return INF, INF
+        s = self.service
+        return max(s.w_p * self._max_prompt, s.w_q * self.kv_capacity) / self._min_weight, self._max_request
+
+    def _caps(self) -> tuple[float, float] | None:
+        """The largest UFC and RFC an eligible client may have (None: no guard)."""
+        kappa = self.knobs.kappa
+        if kappa == INF:
+            return None
+        u, r = self.guard_units()
+        if u == INF:
+            return None
+        counters = self._counters
+        kappa_r = kappa if self.knobs.kappa_r is None else self.knobs.kappa_r
+        return counters.min(UFC) + kappa * u, counters.min(RFC) + (INF if kappa_r == INF else kappa_r * r)
 
     # -- the score ---------------------------------------------------------------------
     def _scales(self) -> tuple[float, float]:
@@ -232,7 +239,7 @@ class Equinox(ClientQueues):
         """The Holistic Fairness score of every backlogged client, lowest first."""
         coef, zero = self._coefficients()
         names = self._counters.names
-        return {names[i]: 0.0 if zero else score for i, score in self._counters.within(coef, float("inf"))}
+        return {names[i]: 0.0 if zero else score for i, score in self._counters.within(coef, INF)}
 
     # -- queue -------------------------------------------------------------------------
     def _new_client(self, client: str) -> None:
@@ -244,24 +251,48 @@ class Equinox(ClientQueues):
             grown = np.zeros(columns, dtype=np.int64)
             grown[: len(self._head_pending)] = self._head_pending
             self._head_pending = grown
+            old = len(self._head_memory)
+            memory, latency, seen = np.zeros(columns), np.zeros(columns), np.zeros(columns, dtype=bool)
+            memory[:old], latency[:old], seen[:old] = self._head_memory, self._latency_log, self._latency_seen
+            self._head_memory, self._latency_log, self._latency_seen = memory, latency, seen
+
+    def _set_head(self, i: int, req: Request) -> None:
+        self._head_pending[i] = req.pending
+        if self.knobs.memory_aware:
+            self._head_memory[i] = self._reservation(req)
 
     def _new_head(self, req: Request, now: float) -> None:
         self._head_since.setdefault(req.request_id, now)
-        self._head_pending[self._counters.index[req.client]] = req.pending
-
-    def requeue(self, req: Request) -> None:
-        super().requeue(req)
-        self._head_pending[self._counters.index[req.client]] = req.pending
+        self._set_head(self._counters.index[req.client], req)
 
     def on_arrival(self, req: Request, now: float) -> bool:
         """Queue ``req``, after the predictor, if any, takes its features (at arrival)."""
         if self._arrive is not None:
             self._arrive(req)
+        if req.prompt_tokens > self._max_prompt:
+            self._max_prompt = req.prompt_tokens
+        if req.weight < self._min_weight:
+            self._min_weight = req.weight
         return super().on_arrival(req, now)
 
+    def requeue(self, req: Request) -> None:
+        super().requeue(req)
+        self._set_head(self._counters.index[req.client], req)
+        slot = req.slot
+        if slot is not None:  # preempted: its KV is gone (recomputed when it resumes)
+            c = self._charges
+            c.context[slot] = 0.0
+            self._reserved -= c.reserve[slot]
+            self._running -= 1
+
     def _resumed(self, req: Request) -> None:
-        if self._forget is not None and req.slot is None:  # never charged: a drop (serving's abort)
-            self._forget(req)  # its prediction will not be needed
+        slot = req.slot
+        if slot is None:
+            if self._forget is not None:  # never charged: a drop (serving's abort)
+                self._forget(req)  # its prediction will not be needed
+            return
+        self._reserved += self._charges.reserve[slot]
+        self._running += 1
 
     def _lift(self, i: int) -> None:
         last = self._last_left
@@ -272,42 +303,63 @@ class Equinox(ClientQueues):
         best = self._counters.smallest(coef)
         return None if best is None else self._queues[self._counters.names[best[0]]][0]
 
+    def _memory_room(self) -> float:
+        """KV tokens a new admission may reserve (inf: memory-aware admission is off or nothing runs)."""
+        if not self.knobs.memory_aware or self.kv_capacity is None or not self._running:
+            return INF
+        return self.kv_capacity - self._reserved
+
     def select(self, fits) -> Request | None:
-        """The lowest-HF client's next request; if it does not fit, the first that does among
-        the clients within ``delta`` of the lowest HF (none when ``delta`` is 0)."""
-        coef, zero = self._coefficients()
+        """The lowest-HF eligible client's next request.  When it does not fit (the engine's room
+        or memory-aware admission): with ``skip`` the lowest-HF eligible client's whose head does,
+        else none (VTC's rule: stop filling)."""
+        coef, _ = self._coefficients()
         counters = self._counters
         best = counters.smallest(coef)
         if best is None:
             return None
-        first, floor = best
+        first = best[0]
         names = counters.names
-        req = self._queues[names[first]][0]
-        if fits(req):
-            return req
-        if not self.knobs.delta:
-            return None
-        upto = float("inf") if zero else floor + self.knobs.delta
-        limit = getattr(fits, "max_pending", None)
-        if limit is not None:  # the first that fits, in array operations (``first`` does not)
-            found = counters.smallest_where(coef, upto, self._head_pending, limit)
-            return None if found is None else self._queues[names[found[0]]][0]
-        for i, _ in self._counters.within(coef, upto):
-            req = self._queues[names[i]][0]
-            if i != first and fits(req):
+        caps = self._caps()
+        room = self._memory_room()
+        eligible = caps is None or (counters.value(first, UFC) <= caps[0] and counters.value(first, RFC) <= caps[1])
+        if eligible:
+            req = self._queues[names[first]][0]
+            if (room == INF or self._head_memory[first] <= room) and fits(req):
                 return req
+            if not self.knobs.skip:
+                return None
+        if caps is not None and counters.smallest_eligible(coef, caps) is None:
+            # Nobody is within both guards (the smallest UFC and the smallest RFC are different
+            # clients' and kappa is small): the smallest UFC goes, as VTC's rule would have it.
+            i = counters.smallest((1.0, 0.0))[0]
+            req = self._queues[names[i]][0]
+            return req if (room == INF or self._head_memory[i] <= room) and fits(req) else None
+        limit = getattr(fits, "max_pending", None)
+        if limit is not None:  # in array operations
+            sizes = [(self._head_pending, limit)]
+            if room != INF:
+                sizes.append((self._head_memory, room))
+            if self.knobs.skip:
+                found = counters.smallest_eligible(coef, caps, sizes)
+                return None if found is None else self._queues[names[found[0]]][0]
+            found = counters.smallest_eligible(coef, caps)  # the lowest eligible HF, and only its head
+            if found is None:
+                return None
+            i = found[0]
+            ok = self._head_pending[i] <= limit and (room == INF or self._head_memory[i] <= room)
+            return self._queues[names[i]][0] if ok else None
+        for i, _ in counters.within(coef, INF):  # the engine's fits, one request at a time
+            if caps is not None and (counters.value(i, UFC) > caps[0] or counters.value(i, RFC) > caps[1]):
+                continue
+            req = self._queues[names[i]][0]
+            if (room == INF or self._head_memory[i] <= room) and fits(req):
+                return req
+            if not self.knobs.skip:
+                return None
         return None
 
-    # -- charges -----------------------------------------------------------------------
-    def _g(self, latency: float, slo: float) -> float:
-        return 1.0 / (1.0 + self.knobs.gamma * max(0.0, latency / slo - 1.0))
-
-    def _user_charge(self, req: Request, output: float, ttft: float, tpot: float) -> float:
-        """UFC for ``req``: weighted tokens, each part discounted by its latency against the SLO."""
-        k = self.knobs
-        prompt = self.service.w_p * req.prompt_tokens * self._g(ttft, k.ttft_slo_s)
-        return (prompt + self.service.w_q * output * self._g(tpot, k.tpot_slo_s)) / req.weight
-
+    # -- predictions -------------------------------------------------------------------
     def _output_hat(self, req: Request) -> float:
         """The output tokens expected of ``req``."""
         lengths = self.knobs.lengths
@@ -317,18 +369,80 @@ class Equinox(ClientQueues):
             return self._take(req)
         return self._average.get(req.client, float(req.output_tokens))
 
+    def _output_quantile(self, req: Request) -> float:
+        """A high quantile of ``req``'s output: the predictor's, else its client's recent history's
+        (the request's own central prediction before any history)."""
+        if self.knobs.lengths == "oracle":
+            return float(req.output_tokens)
+        if self._quantile_of is not None:
+            return float(self._quantile_of(req, self.knobs.quantile))
+        known = self._quantiles.get(req.client)
+        return known if known is not None else self._average.get(req.client, float(req.output_tokens))
+
+    def _reservation(self, req: Request) -> float:
+        """The KV tokens memory-aware admission holds for ``req``: its prompt plus its quantile
+        output (at least what it generated), at most the whole cache."""
+        tokens = req.prompt_tokens + max(self._output_quantile(req), req.generated)
+        return tokens if self.kv_capacity is None else min(tokens, self.kv_capacity)
+
+    def _latency_factor(self, client: int, latency: float, tpot: float) -> float:
+        """``q`` of a request of ``client`` with this latency (since arrival) and predicted TPOT: 1 at
+        or under the reference, falling towards ``q_min`` above it.  The reference is the smaller of
+        the TTFT SLO and the clients' typical latency before this request: the geometric mean over
+        clients of each one's moving average (per client, so a client with many requests does not
+        set it alone).  Then this request's latency joins its client's average."""
+        k = self.knobs
+        q = 1.0
+        if k.gamma:
+            ref = k.ttft_slo_s
+            if self._latency_clients:
+                ref = min(math.exp(self._latency_sum / self._latency_clients), ref)
+            excess = max(0.0, latency / ref - 1.0, tpot / k.tpot_slo_s - 1.0)
+            q = max(k.q_min, 1.0 / (1.0 + k.gamma * excess))
+        log = math.log(max(latency, 1e-6))
+        if self._latency_seen[client]:
+            old = self._latency_log[client]
+            new = old + LATENCY_EMA * (log - old)
+        else:
+            self._latency_seen[client] = True
+            old, new = 0.0, log
+            self._latency_clients += 1
+        self._latency_log[client] = new
+        self._latency_sum += new - old
+        return q
+
+    def _engine_time_hat(self, prompt: float, out: float) -> float:
+        """Predicted engine-seconds of a request (compute and residency), from the measured step terms."""
+        if self.cost_model is None:
+            compute = (prompt + out) * self._token_s
+        else:
+            compute = prompt * self._token_s + self._pair_s * prompt * (prompt + 1) / 2 + self._request_s
+            compute += out * (self._decode_s + self._kv_s * (prompt + out / 2))
+        if self.kv_capacity:
+            compute += self.knobs.residency * out * self._step_s * (prompt + out / 2) / self.kv_capacity
+        return compute
+
+    # -- charges -----------------------------------------------------------------------
     def _charge_admission(self, req: Request, now: float) -> None:
+        k, s = self.knobs, self.service
+        prompt = req.prompt_tokens
         out_hat = self._output_hat(req)
-        prefill_s = tpot_hat = self._sec_per_step  # a prompt is prefilled in about one step (chunked)
-        head_since = self._head_since.get(req.request_id, req.arrival_s)
-        ufc = self._user_charge(req, out_hat, now - head_since + prefill_s, tpot_hat)
-        # Engine time is shared per token computed (on_step), so predict it the same way.
-        rfc_hat = (req.prompt_tokens + out_hat) * self._sec_per_token
-        req.predicted_output = out_hat
-        discount = self._g(tpot_hat, self.knobs.tpot_slo_s)
-        rfc = rfc_hat / req.weight
+        if self.kv_capacity is not None:  # a request's output cannot outgrow the cache
+            out_hat = min(out_hat, max(self.kv_capacity - prompt, 1.0))
+        budget = self._budget or 2048
+        prefill_s = self._step_s * -(-prompt // budget)  # chunked prefill: a step per budget of tokens
         client = self._counters.index[req.client]
-        req.slot = self._charges.add(client, req.weight, out_hat, tpot_hat, discount, ufc, rfc)
+        q = self._latency_factor(client, now - req.arrival_s + prefill_s, self._step_s)
+        ufc = q * (s.w_p * prompt + s.w_q * out_hat) / req.weight
+        rfc = self._engine_time_hat(prompt, out_hat) / req.weight
+        if rfc > self._max_request:
+            self._max_request = rfc
+        req.predicted_output = out_hat
+        reserve = self._reservation(req) if k.memory_aware else 0.0
+        values = (out_hat, q, ufc, rfc, 0.0, req.weight, prompt, 0.0, reserve)
+        req.slot = self._charges.add(client, values)
+        self._reserved += reserve
+        self._running += 1
         self._add(req.client, ufc, rfc)
 
     # The engine reports tokens and steps either per request (on_tokens, on_step) or as arrays of
@@ -341,19 +455,27 @@ class Equinox(ClientQueues):
         self.on_tokens_slots(np.array(slots, dtype=np.int64), np.array(generated, dtype=np.int64), None, k)
 
     def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
-        """Charge UFC for output tokens beyond the predicted length, as they come."""
+        """Charge UFC for output tokens beyond the predicted length, as they come; grow the
+        memory reservation of a request past its quantile."""
         if not len(slots):
             return
         c = self._charges
+        if slots.min() < 0:  # requests without a slot are not charged
+            mine = slots >= 0
+            slots, generated = slots[mine], generated[mine]
+        if self.knobs.memory_aware:
+            over = c.prompt[slots] + generated - c.reserve[slots]
+            grow = over > 0
+            if grow.any():
+                c.reserve[slots[grow]] += over[grow]
+                self._reserved += float(over[grow].sum())
         out_hat = c.out_hat[slots]
         beyond = generated > out_hat
-        if slots.min() < 0:  # requests without a slot are not charged
-            beyond &= slots >= 0
         if not beyond.any() or not self.service.w_q:  # (w_q = 0: nothing to charge)
             return
         slots, generated = slots[beyond], generated[beyond]
         extra = generated - np.maximum(generated - k, out_hat[beyond])
-        amount = self.service.w_q * extra * c.discount[slots] / c.weight[slots]
+        amount = self.service.w_q * extra * c.q[slots] / c.weight[slots]
         c.ufc[slots] += amount
         self._charge_clients(c.client[slots], amount, UFC)
 
@@ -363,16 +485,21 @@ class Equinox(ClientQueues):
         self.on_step_slots(now, duration_s, np.array(slots, dtype=np.int64), np.array(tokens, dtype=np.int64))
 
     def on_step_slots(self, now: float, duration_s: float, slots, tokens) -> None:
-        """Share the step's measured time among its requests per token computed; charge RFC for
-        what goes beyond each request's prediction."""
+        """Split the step's measured time among its requests by the cost model, add residency,
+        and charge RFC for what goes beyond each request's prediction."""
         total = int(tokens.sum())
         if total:
             c = self._charges
-            share = duration_s / total
             if slots.min() < 0:  # requests without a slot are not charged
                 mine = slots >= 0
                 slots, tokens = slots[mine], tokens[mine]
-            actual = c.rfc_actual[slots] + share * tokens / c.weight[slots]
+            context = c.context[slots]
+            shares = self._shares(duration_s, tokens, context, c.prompt[slots])
+            held = context + tokens
+            c.context[slots] = held
+            if self.kv_capacity:
+                shares += (self.knobs.residency * duration_s / self.kv_capacity) * held
+            actual = c.rfc_actual[slots] + shares / c.weight[slots]
             c.rfc_actual[slots] = actual
             charged = c.rfc[slots]
             beyond = actual > charged
@@ -381,34 +508,69 @@ class Equinox(ClientQueues):
                 amount = actual - charged[beyond]
                 c.rfc[slots] = actual
                 self._charge_clients(c.client[slots], amount, RFC)
-        self._measure(duration_s, total)
+            self._step_s += EMA * (duration_s - self._step_s) if self._step_s else duration_s
+            if self.knobs.adaptive_budget and self._budget is not None:
+                self._adapt_budget(duration_s, total)
         if now >= self._next_log:
             self._log(now)
+
+    def _shares(self, duration_s: float, tokens, context, prompt) -> np.ndarray:
+        """Each request's share of a step of ``duration_s`` (the cost model's split, scaled to the
+        measured time), and the smoothed step terms behind the admission predictions."""
+        cost = self.cost_model
+        if cost is None:
+            per_token = duration_s / float(tokens.sum())
+            self._token_s += EMA * (per_token - self._token_s) if self._token_s else per_token
+            return per_token * tokens
+        decoding = (tokens == 1) & (context >= prompt)
+        n_decode = int(np.count_nonzero(decoding))
+        m = len(tokens)
+        if n_decode == m:
+            prefill_tokens, pairs = 0, 0.0
+            decode_kv = float(context.sum()) + m
+        else:
+            prefill = ~decoding
+            chunks, before = tokens[prefill], context[prefill]
+            prefill_tokens = int(chunks.sum())
+            pairs = float((chunks * (before + (chunks + 1) / 2)).sum())
+            decode_kv = float(context[decoding].sum()) + n_decode
+        split = step_split(cost, prefill_tokens, pairs, n_decode, decode_kv, m)
+        shares = request_seconds(split, tokens, context, decoding)
+        modelled = float(shares.sum())
+        scale = duration_s / modelled if modelled > 0 else 0.0
+        pt, dt, pair, kv, pr, dr = split
+        if self._kv_s or self._token_s:
+            e = EMA
+            if prefill_tokens:
+                self._token_s += e * (pt * scale - self._token_s)
+                self._pair_s += e * (pair * scale - self._pair_s)
+                self._request_s += e * (pr * scale - self._request_s)
+            if n_decode:
+                self._decode_s += e * ((dt + dr) * scale - self._decode_s)
+                self._kv_s += e * (kv * scale - self._kv_s)
+        else:
+            self._token_s, self._pair_s, self._request_s = pt * scale, pair * scale, pr * scale
+            self._decode_s, self._kv_s = (dt + dr) * scale, kv * scale
+        return shares * scale
 
     def _charge_clients(self, clients, amounts, row: int) -> None:
         """Add per-request ``amounts`` (> 0) to counter ``row`` (UFC or RFC) of their ``clients``."""
         self._counters.add_per_request(row, clients, amounts)
         self._changed[clients] = True
 
-    def _measure(self, duration_s: float, tokens: int) -> None:
-        if not tokens:
-            return
-        per_token = duration_s / tokens
-        if self._sec_per_step:
-            self._sec_per_step += EMA * (duration_s - self._sec_per_step)
-            self._sec_per_token += EMA * (per_token - self._sec_per_token)
-        else:
-            self._sec_per_step, self._sec_per_token = duration_s, per_token
-        if self.knobs.adaptive_budget and self._budget is not None:
-            self._adapt_budget(duration_s, tokens)
-
     def _adapt_budget(self, duration_s: float, tokens: int) -> None:
+        """Shrink (x0.8) after a step slower than the TPOT SLO; grow (x1.25) after a step the
+        budget bound (it used ``utilization_target`` of it and requests wait) when the step's
+        predicted time with the extra tokens stays under the SLO."""
         k = self.knobs
-        utilization = tokens / self._budget
-        if duration_s < k.tpot_slo_s and utilization < k.utilization_target:
-            self._budget = min(k.budget_max, int(self._budget * 1.25) + 1)
-        elif duration_s > k.tpot_slo_s:
-            self._budget = max(k.budget_min, int(self._budget * 0.8))
+        budget = self._budget
+        if duration_s > k.tpot_slo_s:
+            self._budget = max(k.budget_min, int(budget * 0.8))
+        elif tokens >= k.utilization_target * budget and self.waiting:
+            extra = budget // 4 + 1
+            predicted = duration_s + extra * self._token_s + self._pair_s * extra * (extra + 1) / 2
+            if predicted <= k.tpot_slo_s:
+                self._budget = min(k.budget_max, budget + extra)
 
     def token_budget(self, default: int) -> int:
         if not self.knobs.adaptive_budget:
@@ -422,28 +584,56 @@ class Equinox(ClientQueues):
         if slot is None:
             return
         c = self._charges
-        ttft = req.first_token_s - self._head_since.pop(req.request_id, req.arrival_s)
-        tpot = (now - req.first_token_s) / (req.generated - 1) if req.generated > 1 else float(c.tpot_hat[slot])
-        actual = self._user_charge(req, req.generated, ttft, tpot)
-        self._add(req.client, actual - float(c.ufc[slot]), float(c.rfc_actual[slot] - c.rfc[slot]))
+        s = self.service
+        self._head_since.pop(req.request_id, None)
+        actual = float(c.q[slot]) * (s.w_p * req.prompt_tokens + s.w_q * req.generated) / req.weight
+        rfc_actual = float(c.rfc_actual[slot])
+        self._add(req.client, actual - float(c.ufc[slot]), rfc_actual - float(c.rfc[slot]))
+        if rfc_actual > self._max_request:
+            self._max_request = rfc_actual
+        self._reserved -= float(c.reserve[slot])
+        self._running -= 1
         c.release(slot)
         req.slot = None
         old = self._average.get(req.client)
         self._average[req.client] = req.generated if old is None else (old * (WINDOW - 1) + req.generated) / WINDOW
+        if self.knobs.memory_aware and self._quantile_of is None:
+            history = self._history.get(req.client)
+            if history is None:
+                history = self._history[req.client] = deque(maxlen=HISTORY)
+            history.append(req.generated)
+            ordered = sorted(history)
+            self._quantiles[req.client] = float(ordered[min(len(ordered) - 1, int(self.knobs.quantile * len(ordered)))])
         if self.predictor is not None:
             self.predictor.observe(req)
 
     # -- logging -----------------------------------------------------------------------
     def _log(self, now: float) -> None:
-        """Sample the counters of the clients that changed since the last sample (HF: NaN when idle)."""
+        """Sample the counters of the clients that changed since the last sample (HF: NaN when
+        idle), and the spread of each counter over the backlogged clients."""
         a, b = self._scales()
         counters = self._counters
         changed = np.flatnonzero(self._changed)
         ufc, rfc = counters.values[UFC, changed], counters.values[RFC, changed]
         hf = np.where(counters.backlogged[changed], a * ufc + b * rfc, np.nan)
         self.trajectory.append(now, changed, ufc, rfc, hf)
+        if counters.count > 1:
+            n = len(counters.names)
+            backlogged = counters.backlogged[:n]
+            for row in (UFC, RFC):
+                values = counters.values[row, :n][backlogged]
+                spread = float(values.max() - values.min())
+                if spread > self.max_spread[row]:
+                    self.max_spread[row] = spread
         self._changed[:] = False
         self._next_log = now + self.knobs.log_interval_s
 
     def describe(self) -> dict:
-        return {**super().describe(), **asdict(self.knobs)}
+        u, r = self.guard_units()
+        guard = {"U": None if u == INF else u, "R": None if r == INF else r}
+        spread = {"ufc": self.max_spread[UFC], "rfc": self.max_spread[RFC]}
+        knobs = asdict(self.knobs)
+        if knobs["kappa_r"] is None:
+            knobs["kappa_r"] = knobs["kappa"]
+        knobs = {k: (None if v == INF else v) for k, v in knobs.items()}  # None: infinite
+        return {**super().describe(), **knobs, "guard": guard, "max_spread": spread}

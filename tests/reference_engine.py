@@ -78,6 +78,8 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
 
     for i, req in enumerate(reqs):
         req.row = i
+    if hasattr(policy, "bind_engine"):
+        policy.bind_engine(cost_model=cost, kv_capacity_tokens=config.total_blocks * bs)
     running: list[Request] = []
     steps: list[tuple] = []
     now, nxt, step = 0.0, 0, 0

@@ -14,7 +14,9 @@ from reports.audit import audit
 from schedulers import Equinox, EquinoxKnobs, make_policy
 from traces import load_workload, synthesize
 
-VTC_LIKE = EquinoxKnobs(alpha=1, beta=0, gamma=0, delta=0, adaptive_budget=False)
+VTC_LIKE = EquinoxKnobs(
+    alpha=1, beta=0, gamma=0, kappa=float("inf"), skip=False, memory_aware=False, adaptive_budget=False
+)
 
 
 def req(i, client, prompt=10, output=10, t=0.0, weight=1.0):
@@ -36,8 +38,8 @@ def test_hf_normalises_each_counter_by_its_mean_over_backlogged_clients():
     assert p.hf() == pytest.approx({"a": 0.45, "b": 0.15, "c": 0.3})
 
 
-def test_a_client_served_late_is_admitted_before_one_served_on_time():
-    knobs = EquinoxKnobs(alpha=1, beta=0, gamma=1, ttft_slo_s=1.0, lengths="oracle")
+def test_a_client_served_late_is_charged_less_and_goes_first():
+    knobs = EquinoxKnobs(alpha=1, beta=0, gamma=1, q_min=0.1, ttft_slo_s=2.0, lengths="oracle")
     for spec in ("equinox", "vtc"):
         p = Equinox(knobs) if spec == "equinox" else make_policy("vtc")
         # Same demand, both backlogged throughout: two 100-token prompts each, one output token.
@@ -45,51 +47,108 @@ def test_a_client_served_late_is_admitted_before_one_served_on_time():
         for c in "ab":
             for r in reqs[c]:
                 p.on_arrival(r, 0.0)
-        for c, ttft in (("a", 0.5), ("b", 5.0)):  # b's first token came 5x past the SLO
+        for c, admitted in (("a", 0.5), ("b", 5.0)):  # b's first request waited 10x a's
             r = reqs[c][0]
-            p.admit(r, 0.0, resumed=False)
-            r.first_token_s, r.generated = ttft, 1
+            p.admit(r, admitted, resumed=False)
+            r.first_token_s, r.generated = admitted, 1
             p.on_tokens([r], 1)
-            p.on_finish(r, ttft)  # one output token: no TPOT
+            p.on_finish(r, admitted)
         if spec == "equinox":
-            # a: 100 + 2 = 102; b: the prompt discounted by g(5) = 1 / (1 + (5/1 - 1)) = 0.2 -> 20 + 2 = 22
-            assert p.ufc == pytest.approx({"a": 102.0, "b": 22.0})
+            # a: no typical latency yet, the reference is the SLO (2 s): 0.5 s is under it, q = 1:
+            # 100 + 2 = 102.  b: the reference is a's 0.5 s; 5 s is 9 over: q = max(0.1, 1 / (1 + 9))
+            # = 0.1: 0.1 * 102 = 10.2
+            assert p.ufc == pytest.approx({"a": 102.0, "b": 10.2})
             assert p.peek().client == "b"
         else:
             assert p.counters == {"a": 102.0, "b": 102.0}
             assert p.peek().client == "a"  # a tie, broken by arrival order
 
 
-def test_skipping_admits_a_fitting_request_only_within_the_slack():
-    def policy(delta):
-        p = Equinox(EquinoxKnobs(alpha=1, beta=0, delta=delta))
-        for i, (c, prompt) in enumerate([("a", 900), ("b", 10), ("c", 10)]):
-            p.on_arrival(req(i, c, prompt=prompt), 0)
-        for client, ufc in (("a", 100.0), ("b", 110.0), ("c", 200.0)):  # HF: a 0.73, b 0.81, c 1.46
-            p.set_counters(client, ufc, 0.0)
-        return p
-
-    class Threshold:  # the simulator's fits: one threshold on pending tokens, read in one go
-        max_pending = 99
-
-        def __call__(self, r):
-            return r.pending <= self.max_pending
-
-    for fits in (lambda r: r.prompt_tokens < 100, Threshold()):
-        assert policy(0).select(fits) is None  # VTC's rule: stop at the first that does not fit
-        assert policy(0.1).select(fits).client == "b"  # b is within 0.073 of the minimum
-        assert policy(0.05).select(fits) is None  # b is not; c never is
-        assert policy(1.0).select(fits).client == "b"  # the lowest HF that fits goes first
+def test_gamma_zero_charges_tokens_as_vtc_predict():
+    p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle"))
+    r = req(0, "a", prompt=100, output=7)
+    p.on_arrival(r, 0.0)
+    p.admit(r, 50.0, resumed=False)  # a long wait changes nothing
+    assert p.ufc == {"a": 100 + 2 * 7}
 
 
-def test_adaptive_budget_grows_under_the_slo_and_shrinks_over_it():
+class Threshold:  # the simulator's fits: one threshold on pending tokens, read in one go
+    def __init__(self, max_pending):
+        self.max_pending = max_pending
+
+    def __call__(self, r):
+        return r.pending <= self.max_pending
+
+
+def guarded(**knobs):
+    """Four backlogged clients on an engine with a 1,000-token KV cache: U = max(1 * 900, 2 * 1000) = 2000."""
+    p = Equinox(EquinoxKnobs(alpha=1, beta=0, memory_aware=False, **knobs))
+    p.bind_engine(kv_capacity_tokens=1000)
+    for i, (c, prompt) in enumerate([("a", 900), ("b", 10), ("c", 10), ("d", 10)]):
+        p.on_arrival(req(i, c, prompt=prompt), 0)
+    p._max_request = 1.0  # R: the largest request's engine time so far
+    for client, ufc, rfc in (("a", 100.0, 0.0), ("b", 1000.0, 0.5), ("c", 2500.0, 0.0), ("d", 1200.0, 3.0)):
+        p.set_counters(client, ufc, rfc)
+    return p
+
+
+def test_the_guard_keeps_choices_within_kappa_units_of_the_smallest_counters():
+    assert guarded().guard_units() == (2000.0, 1.0)
+    for fits in (lambda r: r.prompt_tokens < 100, Threshold(99)):
+        # a does not fit; b is within 2000 (kappa U) of a's UFC and 1 (kappa R) of the smallest RFC
+        assert guarded().select(fits).client == "b"
+        # kappa 0.5: b's UFC is 900 over a's, within 1000; d would be too (1100 over) but for its RFC
+        assert guarded(kappa=0.5).select(fits).client == "b"
+        # kappa 0.4: nobody but a is within 800: skipping stops at the guard
+        assert guarded(kappa=0.4).select(fits) is None
+        assert guarded(kappa=float("inf")).select(fits).client == "b"
+        assert guarded(skip=False).select(fits) is None  # VTC's rule: stop at the first that does not fit
+    # When the lowest HF is outside the guard, the lowest HF inside it goes first (fits or not).
+    p = guarded(kappa=0.5)
+    p.set_counters("b", 1000.0, 1.6)  # b's RFC is 1.6 over the smallest (0): outside kappa R = 0.5
+    assert p.select(Threshold(99)) is None  # a does not fit, b is outside the RFC guard, c and d the UFC one
+    p = guarded(kappa=1.0)
+    p.set_counters("a", 100.0, 5.0)  # a (lowest UFC) is 5 over the smallest RFC: not eligible
+    assert p.select(lambda r: True).client == "b"
+
+
+def test_memory_aware_admission_reserves_the_quantile_output():
+    p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle", kappa=float("inf")))
+    p.bind_engine(kv_capacity_tokens=1000)
+    first = req(0, "a", prompt=300, output=300)
+    p.on_arrival(first, 0.0)
+    assert p.select(Threshold(10**9)) is first  # nothing runs: always admitted
+    p.admit(first, 0.0, resumed=False)  # reserves 300 + 300 of the 1,000 tokens
+    big, small = req(1, "b", prompt=300, output=200), req(2, "c", prompt=100, output=200)
+    p.on_arrival(big, 0.0)
+    p.on_arrival(small, 0.0)
+    p.set_counters("b", 0.0, 0.0)
+    p.set_counters("c", 1.0, 0.0)  # b goes first, but its 500 tokens do not fit the 400 left
+    assert p.select(Threshold(10**9)) is small
+    # a grows past its quantile: its reservation follows (300 + 301 tokens), 399 left
+    first.generated = 301
+    p.on_tokens([first], 1)
+    assert p._reserved == 601
+    p.on_finish(first, 1.0)
+    assert p._reserved == 0 and p.select(Threshold(10**9)) is big
+
+
+def test_adaptive_budget_grows_when_it_binds_under_the_slo_and_shrinks_over_it():
     p = Equinox(EquinoxKnobs(adaptive_budget=True, budget_min=100, budget_max=1000, tpot_slo_s=0.05))
     assert p.token_budget(400) == 400
-    r = req(0, "a")
-    r.decoding = True
-    p.on_step(0.0, 0.01, [(r, 1)])  # fast step, 1 of 400 tokens used: grow by 1.25x
+    p.on_arrival(req(9, "w"), 0.0)  # a request waits: a step using the whole budget is bound by it
+    r = req(0, "a", prompt=400)
+    p.on_arrival(r, 0.0)
+    p.admit(r, 0.0, resumed=False)
+    # bound (400 of 400 tokens), and 101 more tokens at the measured 25 us a token keep the step
+    # at 0.0125 s, under the SLO: grow by a quarter
+    p.on_step(0.0, 0.01, [(r, 400)])
     assert p.token_budget(400) == 501
-    p.on_step(0.1, 0.2, [(r, 1)])  # a step slower than the SLO: shrink by 0.8x
+    p.on_step(0.1, 0.01, [(r, 10)])  # 10 of 501 tokens: not bound, no change
+    assert p.token_budget(400) == 501
+    p.on_step(0.2, 0.2, [(r, 1)])  # a step slower than the SLO: shrink by 0.8x
+    assert p.token_budget(400) == 400
+    p.on_step(0.3, 0.049, [(r, 400)])  # bound, but 101 more tokens would pass the SLO: no change
     assert p.token_budget(400) == 400
     for t in range(30):
         p.on_step(1.0 + t, 0.2, [(r, 1)])
@@ -164,7 +223,7 @@ def test_lowest_hf_search_finds_the_same_order_as_a_full_scan():
     import random
 
     rnd = random.Random(11)
-    p = Equinox(EquinoxKnobs(alpha=0.6, beta=0.4, delta=0.3))
+    p = Equinox(EquinoxKnobs(alpha=0.6, beta=0.4))
     for i in range(700):  # three blocks of clients
         p.on_arrival(req(i, f"c{i}"), 0)
     for i in range(700):
@@ -179,9 +238,8 @@ def test_lowest_hf_search_finds_the_same_order_as_a_full_scan():
     assert list(p.hf()) == full and p.hf() == hf  # every client, in HF order
     assert p.peek().client == full[0]
     fits_only = {full[5], full[-1]}
-    chosen = p.select(lambda r: r.client in fits_only)
-    assert hf[full[5]] <= floor + 0.3 < hf[full[-1]]  # the sixth is within the slack, the last is not
-    assert chosen.client == full[5]
+    assert p.select(lambda r: r.client in fits_only).client == full[5]  # the lowest HF that fits
+    assert floor == min(hf.values())
 
 
 @pytest.mark.parametrize("knobs", [EquinoxKnobs(), EquinoxKnobs(alpha=0.9, beta=0.1, gamma=0.0), VTC_LIKE])

@@ -54,6 +54,7 @@ def requests_table(rows=ROWS, scheduler="vtc") -> pa.Table:
         "waiting_tokens_at_arrival": [0] * n,
         "running_at_arrival": [0] * n,
         "kv_used_at_arrival": [0.0] * n,
+        "engine_seconds": [None] * n,
     }
     for name in REQUEST_SCHEMA.names:  # the columns appended since (reject_reason, ...): null
         cols.setdefault(name, [None] * n)

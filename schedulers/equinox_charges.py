@@ -1,0 +1,49 @@
+"""What Equinox charged each admitted, unfinished request, and the predictions behind it.
+
+Columns indexed by the request's slot (``req.slot``), so that a step's charges are a few array
+operations over its batch, not a loop over its requests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOATS = (
+    "out_hat",  # predicted output tokens (charged at admission)
+    "q",  # the UFC quality factor fixed at admission
+    "ufc",  # UFC charged so far
+    "rfc",  # RFC charged so far (prediction, then whatever went beyond it)
+    "rfc_actual",  # engine time measured so far, / weight
+    "weight",
+    "prompt",  # prompt tokens
+    "context",  # tokens whose KV the request holds (computed), as the steps reported them
+    "reserve",  # KV tokens reserved for it by memory-aware admission: prompt + max(quantile, generated)
+)
+
+
+class Charges:
+    def __init__(self, capacity: int = 256) -> None:
+        self._columns = np.zeros((len(FLOATS), capacity))  # one row per name in FLOATS
+        self._views()
+        self.client = np.zeros(capacity, dtype=np.int64)  # the client's first-seen index
+        self._free = list(range(capacity - 1, -1, -1))
+
+    def _views(self) -> None:
+        for row, name in enumerate(FLOATS):
+            setattr(self, name, self._columns[row])
+
+    def add(self, client: int, values: tuple) -> int:
+        """A new request's charge (``values`` in FLOATS' order); returns its slot."""
+        if not self._free:
+            n = len(self.client)
+            self._columns = np.concatenate((self._columns, np.zeros_like(self._columns)), axis=1)
+            self._views()
+            self.client = np.concatenate((self.client, np.zeros(n, dtype=np.int64)))
+            self._free = list(range(2 * n - 1, n - 1, -1))
+        slot = self._free.pop()
+        self.client[slot] = client
+        self._columns[:, slot] = values
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
