@@ -228,7 +228,7 @@ def _check_options(opts: dict) -> None:
     a directory: one line and exit 2 before anything is loaded or written."""
     for name in ("kv_capacity", "max_running", "max_batch_tokens"):
         check_number(opts[name], "--" + name.replace("_", "-"), low=1, integer=True)
-    for name in ("w_p", "w_q", "alpha", "beta", "gamma", "delta"):
+    for name in ("w_p", "w_q", "alpha", "beta", "gamma", "kappa"):
         check_number(opts[name], "--" + name.replace("_", "-"), low=0)
     if opts["w_p"] == 0 and opts["w_q"] == 0:
         raise InputError("a request would cost nothing; give w_p or w_q a price > 0", source="--w-p/--w-q")

@@ -46,7 +46,7 @@ ADDITIONAL_CONFIG_KEY = "equinox"  # vLLM --additional-config section with Servi
 _REQUEST_FIELDS = (
     "request_id", "client_id", "arrival_s", "prompt_tokens", "output_tokens", "weight", "conversation_id", "prompt",
     "scheduler", "status", "admitted_s", "first_token_s", "finish_s", "generated_tokens", "preemptions",
-    "waiting_at_arrival", "waiting_tokens_at_arrival", "running_at_arrival", "kv_used_at_arrival", "engine_seconds",
+    "waiting_at_arrival", "waiting_tokens_at_arrival", "running_at_arrival", "kv_used_at_arrival",
 )  # fmt: skip
 # Columns after these (reject_reason, cached_prompt_tokens, ...) are left null by the log.
 assert _REQUEST_FIELDS == tuple(REQUEST_SCHEMA.names[: len(_REQUEST_FIELDS)]), (
@@ -464,5 +464,5 @@ class PolicyBridge:
             req.output_tokens if row is not None else req.generated, req.weight, None, None, self.scheduler_name,
             status, None if rejected else admitted, None if rejected else req.first_token_s,
             None if rejected else req.finish_s, req.generated, req.preemptions,
-            waiting, waiting_tokens, running, float(kv_used), None,
+            waiting, waiting_tokens, running, float(kv_used),
         ))  # fmt: skip

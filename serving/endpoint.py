@@ -361,7 +361,7 @@ def replay_endpoint(
             status="finished" if ok and first is not None else "rejected",
             admitted_s=first, first_token_s=first, finish_s=finish, generated_tokens=generated if ok else 0,
             preemptions=0, waiting_at_arrival=arrival_state[i][0], waiting_tokens_at_arrival=None,
-            running_at_arrival=arrival_state[i][1], kv_used_at_arrival=None, engine_seconds=None,
+            running_at_arrival=arrival_state[i][1], kv_used_at_arrival=None,
         )  # fmt: skip
         for k, v in values.items():
             rows[k].append(v)

@@ -338,5 +338,8 @@ def test_fast_forward_changes_nothing_under_dlpm():
             cfg = EngineConfig(**{**config.as_dict(), "fast_forward": fast})
             requests, _ = Simulator(cfg, LinearCost(), policy).run(table)
             tables.append((requests, policy.deficits))
-        assert tables[0][0].equals(tables[1][0]), case
-        assert tables[0][1] == pytest.approx(tables[1][1]), case
+        (fast_req, fast_deficits), (slow_req, slow_deficits) = tables
+        # engine_seconds: sums of the same shares in another order, equal to rounding
+        np.testing.assert_allclose(fast_req["engine_seconds"], slow_req["engine_seconds"], rtol=1e-9)
+        assert fast_req.drop(["engine_seconds"]).equals(slow_req.drop(["engine_seconds"])), case
+        assert fast_deficits == pytest.approx(slow_deficits), case

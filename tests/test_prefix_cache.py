@@ -154,6 +154,8 @@ def test_fast_forward_equals_step_by_step_with_prefix_caching(kv):
     fast = run(table, "vtc", cost, **options)
     slow = run(table, "vtc", cost, fast_forward=False, **options)
     for a, b in zip(fast[:2], slow[:2]):
+        if "engine_seconds" in a:  # sums of the same shares, in another order: equal to rounding
+            np.testing.assert_allclose(a.pop("engine_seconds"), b.pop("engine_seconds"), rtol=1e-9)
         assert pa.Table.from_pandas(a).equals(pa.Table.from_pandas(b))
 
 

@@ -220,7 +220,8 @@ def _assert_equals_reference(table, policy, cost=None, **engine):
     assert got == expected_requests
     got = list(zip(*(steps.column(c).to_pylist() for c in reference_engine.STEP_COLUMNS)))
     assert got == expected_steps
-    if config.kv_capacity_tokens == 4096 and config.chunked_prefill:
+    # Equinox's memory-aware admission exists to avoid preempting, so only the others must preempt here.
+    if config.kv_capacity_tokens == 4096 and config.chunked_prefill and policy != "equinox":
         preemptions = reference_engine.REQUEST_COLUMNS.index("preemptions")
         assert sum(r[preemptions] for r in expected_requests) > 0  # the small cache exercises preemption
 
