@@ -30,14 +30,18 @@ The middleware reads its configuration from the environment (``EQUINOX_TENANTS``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
+import sys
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.bridge import TENANT_KEY, WEIGHT_KEY
+from serving.bridge import REJECTION_MARK, TENANT_KEY, WEIGHT_KEY
 from traces.errors import InputError, read_toml
 
 ENV_FILE = "EQUINOX_TENANTS"
@@ -150,6 +154,7 @@ class TenantMiddleware:
         self.tenants = tenants
         self.header = (header or os.environ.get(ENV_HEADER) or DEFAULT_HEADER).lower().encode()
         logger.warning(announcement(tenants, self.header.decode()))
+        watch_rejections()
 
     async def __call__(self, scope, receive, send):
         kind = scope.get("type")
@@ -209,7 +214,127 @@ class TenantMiddleware:
         scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"] + [
             (b"content-length", str(len(new_body)).encode())
         ]
-        await self.app(scope, _replay(new_body, receive), send)
+        await _refusing(self.app, scope, _replay(new_body, receive), send, str(name))
+
+
+# -- rate-limit rejections: HTTP 429 --------------------------------------------------------
+class _Outcome:
+    """What the engine said about the request an HTTP call made (set by ``watch_rejections``)."""
+
+    __slots__ = ("retry_after_s", "limit")
+
+    def __init__(self):
+        self.retry_after_s: float | None = None  # set: the policy rejected it (rate limit)
+        self.limit = 0
+
+
+_OUTCOME: ContextVar[_Outcome | None] = ContextVar("equinox_outcome", default=None)
+
+
+def watch_rejections() -> bool:
+    """Have vLLM's engine client note, for the HTTP call being answered, a request the policy
+    rejected (an ``abort`` whose ``stop_reason`` is the adapter's ``REJECTION_MARK``).
+
+    The policy decides in the engine process, after the call's handler has started its
+    response; ``_refusing`` holds the response's start back until its first body, which vLLM
+    makes from the engine's first output, so by then the outcome is known.  Returns whether
+    vLLM's ``AsyncLLM`` was found (not in a process that has not imported vLLM: the API server
+    has, before it builds its middleware).
+    """
+    if "vllm" not in sys.modules:
+        return False
+    try:
+        from vllm.v1.engine.async_llm import AsyncLLM
+    except Exception:
+        return False
+    original = AsyncLLM.generate
+    if getattr(original, "_equinox_watched", False):
+        return True
+
+    @functools.wraps(original)
+    async def generate(self, *args, **kwargs):
+        outputs = original(self, *args, **kwargs)
+        try:
+            async for out in outputs:
+                if out.finished:
+                    _note_rejection(out)
+                yield out
+        finally:
+            await outputs.aclose()
+
+    generate._equinox_watched = True
+    AsyncLLM.generate = generate
+    return True
+
+
+def _note_rejection(out) -> None:
+    outcome = _OUTCOME.get()
+    if outcome is None:
+        return
+    for choice in getattr(out, "outputs", None) or ():
+        why = choice.stop_reason
+        if choice.finish_reason == "abort" and isinstance(why, str) and why.startswith(REJECTION_MARK + ":"):
+            try:
+                _, retry, limit = why.split(":")
+                outcome.retry_after_s, outcome.limit = max(0.0, float(retry)), int(limit)
+            except ValueError:
+                outcome.retry_after_s = 0.0
+            return
+
+
+async def _refusing(app, scope, receive, send, tenant: str) -> None:
+    """Run ``app``; answer 429 instead of its response if the policy rejected the request."""
+    outcome = _Outcome()
+    token = _OUTCOME.set(outcome)
+    held = None  # the response's start, until its first body
+    refused = False
+
+    async def send_checked(message):
+        nonlocal held, refused
+        if refused:
+            return
+        if message["type"] == "http.response.start":
+            held = message
+            return
+        if held is not None:
+            if outcome.retry_after_s is not None:
+                refused = True
+                await _rate_limited(send, outcome, tenant)
+                return
+            start, held = held, None
+            await send(start)
+        await send(message)
+
+    try:
+        await app(scope, receive, send_checked)
+    except Exception:
+        if outcome.retry_after_s is None or refused:
+            raise
+        refused = True
+        await _rate_limited(send, outcome, tenant)
+    finally:
+        _OUTCOME.reset(token)
+    if held is not None and not refused:
+        await send(held)
+
+
+async def _rate_limited(send, outcome: _Outcome, tenant: str) -> None:
+    """HTTP 429 with ``Retry-After`` (whole seconds until the tenant's window has room) and an
+    OpenAI-style error body (``type`` and ``code`` as OpenAI's rate-limit errors have them)."""
+    retry = outcome.retry_after_s or 0.0
+    seconds = max(1, math.ceil(retry))
+    quota = f"its {outcome.limit} requests a minute" if outcome.limit else "its request rate"
+    message = f"rate limit: tenant {tenant!r} has used {quota}; retry in {seconds} s"
+    body = json.dumps({"error": {"message": message, "type": "rate_limit_error", "param": None,
+                                 "code": "rate_limit_exceeded"}}).encode()  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(seconds).encode()),
+        (b"retry-after-ms", str(max(0, round(retry * 1000))).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _api_key(headers: dict) -> str | None:
