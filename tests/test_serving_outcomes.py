@@ -22,10 +22,9 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]'); serve tests skipped")
 
 import pandas as pd  # noqa: E402
+from test_serving_serve import start_server  # noqa: E402
 
 from serving.bridge import ServingSettings  # noqa: E402
-
-from test_serving_serve import start_server  # noqa: E402
 
 LIMIT = 2  # rpm:2: a tenant's third request within a minute is refused
 
