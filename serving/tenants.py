@@ -24,8 +24,12 @@ Without a tenants file the server runs **open**: nothing is authenticated and a 
 is its ``vllm_xargs.equinox_tenant``, else the ``X-Equinox-Tenant`` header, else the OpenAI
 ``user`` field, else ``default``.  The server says so when it starts.
 
+A request the policy rejects (``rpm:N``: over its tenant's quota) is answered **429** with
+``Retry-After`` (see ``watch_rejections``).
+
 The middleware reads its configuration from the environment (``EQUINOX_TENANTS``: the file;
-``EQUINOX_TENANT_HEADER``: the open mode's header), which ``equinox serve`` sets.
+``EQUINOX_TENANT_HEADER``: the open mode's header; ``EQUINOX_POLICY_REJECTS``: ``0`` when the
+policy never rejects, which spares every response the 429 watch), which ``equinox serve`` sets.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from traces.errors import InputError, read_toml
 
 ENV_FILE = "EQUINOX_TENANTS"
 ENV_HEADER = "EQUINOX_TENANT_HEADER"
+ENV_REJECTS = "EQUINOX_POLICY_REJECTS"  # "0": the policy never rejects (no 429 watch); unset or "1": watch
 DEFAULT_HEADER = "x-equinox-tenant"
 DEFAULT_TENANT = "default"
 
@@ -154,7 +159,9 @@ class TenantMiddleware:
         self.tenants = tenants
         self.header = (header or os.environ.get(ENV_HEADER) or DEFAULT_HEADER).lower().encode()
         logger.warning(announcement(tenants, self.header.decode()))
-        watch_rejections()
+        self.refusals = os.environ.get(ENV_REJECTS, "1") != "0"  # answer the policy's rejections 429
+        if self.refusals:
+            watch_rejections()
 
     async def __call__(self, scope, receive, send):
         kind = scope.get("type")
@@ -214,7 +221,10 @@ class TenantMiddleware:
         scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"] + [
             (b"content-length", str(len(new_body)).encode())
         ]
-        await _refusing(self.app, scope, _replay(new_body, receive), send, str(name))
+        if self.refusals:
+            await _refusing(self.app, scope, _replay(new_body, receive), send, str(name))
+        else:
+            await self.app(scope, _replay(new_body, receive), send)
 
 
 # -- rate-limit rejections: HTTP 429 --------------------------------------------------------
