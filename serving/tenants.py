@@ -215,8 +215,7 @@ class TenantMiddleware:
         for key in [k for k in xargs if str(k).startswith("equinox_")]:
             del xargs[key]
         xargs[TENANT_KEY], xargs[WEIGHT_KEY] = str(name), float(weight)
-        payload["vllm_xargs"] = xargs
-        new_body = json.dumps(payload).encode()
+        new_body = _with_xargs(body, payload, xargs)
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"] + [
             (b"content-length", str(len(new_body)).encode())
@@ -225,6 +224,26 @@ class TenantMiddleware:
             await _refusing(self.app, scope, _replay(new_body, receive), send, str(name))
         else:
             await self.app(scope, _replay(new_body, receive), send)
+
+
+def _with_xargs(body: bytes, payload: dict, xargs: dict) -> bytes:
+    """The request body with ``vllm_xargs`` set to ``xargs``.
+
+    A body without ``vllm_xargs`` (the usual case) gets the member spliced in after its opening
+    brace, byte for byte otherwise as the client sent it: re-encoding every body was the
+    middleware's largest cost under load (docs/SERVING.md, overhead).  Any other body is
+    re-encoded."""
+    start = len(body) - len(body.lstrip(b" \t\r\n"))
+    if (
+        "vllm_xargs" not in payload
+        and payload
+        and body[start : start + 1] == b"{"
+        and json.detect_encoding(body) == "utf-8"
+    ):
+        member = b'"vllm_xargs":' + json.dumps(xargs, separators=(",", ":")).encode() + b","
+        return body[: start + 1] + member + body[start + 1 :]
+    payload["vllm_xargs"] = xargs
+    return json.dumps(payload).encode()
 
 
 # -- rate-limit rejections: HTTP 429 --------------------------------------------------------

@@ -254,3 +254,17 @@ def test_an_abort_without_the_mark_passes_through_and_no_watch_when_the_policy_n
     settings = ServingSettings(scheduler="vtc")
     assert server_command("/m", settings)[1]["EQUINOX_POLICY_REJECTS"] == "0"
     assert server_command("/m", ServingSettings(scheduler="rpm:3"))[1]["EQUINOX_POLICY_REJECTS"] == "1"
+
+
+def test_the_tenant_is_spliced_into_the_body_as_sent_or_the_body_re_encoded():
+    from serving.tenants import _with_xargs
+
+    xargs = {"equinox_tenant": "alice", "equinox_weight": 2.0}
+    body = b' {"prompt": "a \\u00e9 \\"b\\"", "max_tokens": 2}'
+    out = _with_xargs(body, json.loads(body), dict(xargs))
+    assert out.endswith(body[2:]) and json.loads(out) == {**json.loads(body), "vllm_xargs": xargs}
+    # a body that already has vllm_xargs is re-encoded with ours in their place
+    body = b'{"vllm_xargs": {"x": 1}, "prompt": "p"}'
+    assert json.loads(_with_xargs(body, json.loads(body), dict(xargs))) == {"vllm_xargs": xargs, "prompt": "p"}
+    body = '{"prompt": "p"}'.encode("utf-16")  # not UTF-8: re-encoded
+    assert json.loads(_with_xargs(body, json.loads(body), dict(xargs))) == {"prompt": "p", "vllm_xargs": xargs}
