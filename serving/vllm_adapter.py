@@ -13,8 +13,11 @@ Select it with vLLM's ``scheduler_cls``::
 * ``FairScheduler`` subclasses vLLM's ``Scheduler`` and changes five things: it installs the
   queue as ``self.waiting``; asks the policy for the step's token budget before ``schedule()``;
   tells the policy what each step did after ``update_from_output()`` (tokens per request, the
-  step's time, KV usage); finishes requests the policy rejects (``rpm``) as aborted; and logs
-  every request and step in the simulator's schema.  Preemption, KV allocation, chunked
+  step's time, KV usage); finishes requests the policy rejects (``rpm``) with an ``abort``
+  whose ``stop_reason`` carries the retry time (``serving.tenants`` answers it HTTP 429); and
+  logs every request and step in the simulator's schema, with how each ended as vLLM says
+  (``stop``, ``length``, ``abort``; a stop string, which vLLM's front end turns into an abort,
+  is found again here and logged ``stop``).  Preemption, KV allocation, chunked
   prefill and everything else stay vLLM's.
 * The tenant and its weight come from the request's ``sampling_params.extra_args``
   (``equinox_tenant``, ``equinox_weight``; the OpenAI body's ``vllm_xargs``).  Requests that
