@@ -30,5 +30,14 @@ class RPM(FCFS):
         recent.append(req.arrival_s)
         return super().on_arrival(req, now)
 
+    def retry_after_s(self, req: Request) -> float:
+        """Seconds from ``req``'s arrival until its client's window has room (0: it has room now)."""
+        recent = self._accepted[req.client]
+        while recent and recent[0] <= req.arrival_s - WINDOW_S:
+            recent.popleft()
+        if len(recent) < self.limit:
+            return 0.0
+        return max(0.0, recent[0] + WINDOW_S - req.arrival_s)
+
     def describe(self) -> dict:
         return {**super().describe(), "limit": self.limit, "window_s": WINDOW_S}

@@ -41,6 +41,9 @@ TENANT_KEY = "equinox_tenant"
 WEIGHT_KEY = "equinox_weight"
 ROW_KEY = "equinox_request_id"  # the workload's request_id, set by replay drivers
 ADDITIONAL_CONFIG_KEY = "equinox"  # vLLM --additional-config section with ServingSettings
+# A rate-limit rejection's output carries f"{REJECTION_MARK}:{retry_after_s}:{limit}" as its
+# stop_reason, from the adapter to serving.tenants, which answers the client 429.
+REJECTION_MARK = "equinox_rate_limit"
 
 # The order of PolicyBridge._log_request's row.
 _REQUEST_FIELDS = (
@@ -52,6 +55,22 @@ _REQUEST_FIELDS = (
 assert _REQUEST_FIELDS == tuple(REQUEST_SCHEMA.names[: len(_REQUEST_FIELDS)]), (
     "serving.bridge._log_request is out of step with REQUEST_SCHEMA"
 )
+
+# How a request ended, as the engine says (vLLM's FinishReason names), -> the log's status.  A
+# request that stopped (EOS, a stop token or string) or reached its length is finished; the
+# audit, train-predictors and calibrate count it as served.
+# A request refused before it ran is rejected (``rate_limit``: the policy's, e.g. rpm:N;
+# ``too_long``: longer than the model's context); anything else (``abort``: the client left,
+# ``error``) is aborted.
+COMPLETED = frozenset({"stop", "length", "repetition", "finished"})
+REFUSED = frozenset({"rejected", "rate_limit", "too_long", "exceeds_kv"})
+
+
+def status_of(reason: str) -> str:
+    """The ``status`` column for an end ``reason`` (``stop``, ``length``, ``abort``, ``error``...)."""
+    if reason in COMPLETED:
+        return "finished"
+    return "rejected" if reason in REFUSED else "aborted"
 
 
 @dataclass(frozen=True)
@@ -176,6 +195,7 @@ class PolicyBridge:
         self._cancelled = 0
         self._selected: _Entry | None = None
         self._step_preempted = 0
+        self.rejection: tuple[float, int] | None = None  # the last arrival's: (retry after, s; limit)
         self.waiting_tokens = 0  # tokens to compute before the waiting requests' next output
 
     # -- arrivals ----------------------------------------------------------------------
@@ -200,9 +220,11 @@ class PolicyBridge:
         self.entries[rid] = entry
         self._by_seq[req.request_id] = entry
         if not self.policy.on_arrival(req, self.clock()):
+            retry = getattr(self.policy, "retry_after_s", None)
+            self.rejection = (float(retry(req)) if retry else 0.0, int(getattr(self.policy, "limit", 0)))
             req.status = "rejected"
             self._forget(entry)
-            self._log_request(entry, "rejected")
+            self._log_request(entry, "rejected", "rate_limit")
             return False
         self._enqueue(entry)
         return True
@@ -330,7 +352,7 @@ class PolicyBridge:
         kv_used_tokens: int,
     ) -> None:
         """A step ended.  ``outputs``: request id -> output tokens so far (scheduled requests);
-        ``finished``: request id -> status (``finished`` or ``aborted``) for those that ended."""
+        ``finished``: request id -> how it ended (``stop``, ``length``, ``abort``...; see ``status_of``)."""
         get = outputs.get
         self.end_step_totals(
             batch, [get(rid) for rid in batch.tokens], end_s=end_s, finished=finished, waiting=waiting,
@@ -416,8 +438,8 @@ class PolicyBridge:
         for k, group in produced.items():
             policy.on_tokens(group, k)
         done = 0
-        for rid, status in finished.items():
-            done += self.finish(rid, end_s, status)
+        for rid, reason in finished.items():
+            done += self.finish(rid, end_s, reason)
         self.log.step_values(
             start, end_s, still_busy,
             (prefill_tokens, decode_tokens, prefill_reqs, decode_tokens, len(reqs), waiting, admitted, done,
@@ -425,11 +447,13 @@ class PolicyBridge:
              float(self.flops(prefill_tokens, attn_pairs, decode_tokens, decode_kv))),
         )  # fmt: skip
 
-    def finish(self, rid: str, now: float, status: str = "finished", generated: int | None = None) -> int:
-        """A request ended (``finished`` or ``aborted``); returns 1 if it was known and not yet ended."""
+    def finish(self, rid: str, now: float, reason: str = "stop", generated: int | None = None) -> int:
+        """A request ended (``reason``: ``stop``, ``length``, ``abort``...; ``finished`` and ``aborted``
+        are taken too); returns 1 if it was known and not yet ended."""
         entry = self.entries.get(rid)
         if entry is None:
             return 0
+        status = status_of(reason)
         req = entry.req
         if generated is not None and generated > req.generated:
             req.generated = generated
@@ -442,7 +466,7 @@ class PolicyBridge:
                 req.first_token_s = now
             self.policy.on_finish(req, now)
         self._forget(entry)
-        self._log_request(entry, status)
+        self._log_request(entry, status, reason)
         return 1
 
     def _forget(self, entry: _Entry) -> None:
@@ -451,7 +475,7 @@ class PolicyBridge:
             self._by_seq.pop(entry.req.request_id, None)
         # a queued (cancelled) entry stays findable by the policy until it is dropped
 
-    def _log_request(self, entry: _Entry, status: str) -> None:
+    def _log_request(self, entry: _Entry, status: str, reason: str) -> None:
         req = entry.req
         admitted = entry.logged_admit
         if status == "aborted" and admitted is None:
@@ -465,4 +489,4 @@ class PolicyBridge:
             status, None if rejected else admitted, None if rejected else req.first_token_s,
             None if rejected else req.finish_s, req.generated, req.preemptions,
             waiting, waiting_tokens, running, float(kv_used),
-        ))  # fmt: skip
+        ), reason)  # fmt: skip

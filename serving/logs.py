@@ -39,6 +39,9 @@ from engine.results import (
 
 CHUNK_ROWS = 8192  # rows kept as Python tuples before they are sealed into an Arrow batch
 
+_STATUS = REQUEST_SCHEMA.names.index("status")
+_REJECT = REQUEST_SCHEMA.names.index("reject_reason")
+_REJECT_REASONS = frozenset({"rate_limit", "too_long", "exceeds_kv"})  # requests.parquet's reject_reason
 # What a busy step reports: prefill_tokens .. flops (the columns after flops are left null).
 _STEP_FIELDS = tuple(STEP_SCHEMA.names[4 : STEP_SCHEMA.names.index("flops") + 1])
 # An idle row: zeros up to kv_used_tokens, the busy step's kv_capacity_tokens and token_budget, no FLOPs.
@@ -89,6 +92,7 @@ class RunLog:
         self._steps = _Rows(STEP_SCHEMA)
         self._pending_step: dict | None = None  # the last busy step, until we know where it ends
         self._step_no = 0
+        self.end_reasons: dict[str, int] = {}  # how requests ended (stop, length, abort, rejected...): counts
         self._dirty = False
         self._stop = threading.Event()
         self._wake = threading.Event()  # set: flush now (a termination signal arrived)
@@ -105,10 +109,17 @@ class RunLog:
     def request(self, **row) -> None:
         self.request_values(tuple(row.get(name) for name in REQUEST_SCHEMA.names))
 
-    def request_values(self, values: tuple) -> None:
-        """A request row as a tuple of ``REQUEST_SCHEMA``'s fields, in order."""
+    def request_values(self, values: tuple, reason: str | None = None) -> None:
+        """A request row as a tuple of ``REQUEST_SCHEMA``'s fields, in order; ``reason``: how it
+        ended as the engine says (counted in ``run.json``'s ``end_reasons``; default: its status)."""
+        reason = reason or values[_STATUS]
+        if len(values) < len(REQUEST_SCHEMA):  # the appended columns: null, but for why it was refused
+            values = values + (None,) * (len(REQUEST_SCHEMA) - len(values))
+            if values[_STATUS] == "rejected" and reason in _REJECT_REASONS:
+                values = values[:_REJECT] + (reason,) + values[_REJECT + 1 :]
         with self._lock:
             self._requests.append_values(values)
+            self.end_reasons[reason] = self.end_reasons.get(reason, 0) + 1
             self._dirty = True
 
     def step(self, start_s: float, end_s: float, still_busy: bool, **row) -> None:
@@ -162,6 +173,7 @@ class RunLog:
         started = time.perf_counter()
         with self._lock:
             self._dirty = False
+            reasons = dict(sorted(self.end_reasons.items()))
         requests, steps = self.tables(final=final)
         requests = requests.sort_by([("arrival_s", "ascending"), ("request_id", "ascending")])
         atomic_write_parquet(requests, self.out_dir / REQUESTS_FILE)
@@ -169,7 +181,8 @@ class RunLog:
         counters = self.counters() if self.counters is not None else None
         if counters is not None:
             atomic_write_parquet(counters, self.out_dir / COUNTERS_FILE)
-        record = {**self.config, "steps": steps.num_rows, "requests_logged": requests.num_rows, "complete": final}
+        record = {**self.config, "steps": steps.num_rows, "requests_logged": requests.num_rows,
+                  "end_reasons": reasons, "complete": final}  # fmt: skip
         atomic_write_json(record, self.out_dir / RUN_FILE)
         self.flushes += 1
         self.flush_seconds += time.perf_counter() - started

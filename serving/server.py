@@ -5,8 +5,8 @@
 
 * ``--scheduler-cls serving.vllm_adapter.FairScheduler`` and the policy, its knobs and the log
   directory in ``--additional-config '{"equinox": {...}}'`` (``ServingSettings``);
-* ``--middleware serving.tenants.TenantMiddleware``, configured through ``EQUINOX_TENANTS`` and
-  ``EQUINOX_TENANT_HEADER`` in the environment;
+* ``--middleware serving.tenants.TenantMiddleware``, configured through ``EQUINOX_TENANTS``,
+  ``EQUINOX_TENANT_HEADER`` and ``EQUINOX_POLICY_REJECTS`` in the environment;
 
 plus any further vLLM options, and ``--shutdown-timeout 5`` unless they set one.  ``serve`` prints
 who may use the server (tenants or open mode) and replaces this process with vLLM's server, so
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from serving.bridge import ServingSettings
-from serving.tenants import DEFAULT_HEADER, ENV_FILE, ENV_HEADER, Tenants, announcement
+from serving.tenants import DEFAULT_HEADER, ENV_FILE, ENV_HEADER, ENV_REJECTS, Tenants, announcement
 
 ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 ADAPTER = "serving.vllm_adapter.FairScheduler"
@@ -56,6 +56,8 @@ def server_command(
     env = dict(os.environ)
     env[ENV_FILE] = str(Path(tenants).resolve()) if tenants else ""
     env[ENV_HEADER] = tenant_header
+    # Only rpm:N rejects requests (answered 429); other policies spare responses the watch for it.
+    env[ENV_REJECTS] = "1" if settings.scheduler.split(":")[0] == "rpm" else "0"
     # The server's processes import `serving`: make sure they find this checkout.
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

@@ -24,24 +24,33 @@ Without a tenants file the server runs **open**: nothing is authenticated and a 
 is its ``vllm_xargs.equinox_tenant``, else the ``X-Equinox-Tenant`` header, else the OpenAI
 ``user`` field, else ``default``.  The server says so when it starts.
 
+A request the policy rejects (``rpm:N``: over its tenant's quota) is answered **429** with
+``Retry-After`` (see ``watch_rejections``).
+
 The middleware reads its configuration from the environment (``EQUINOX_TENANTS``: the file;
-``EQUINOX_TENANT_HEADER``: the open mode's header), which ``equinox serve`` sets.
+``EQUINOX_TENANT_HEADER``: the open mode's header; ``EQUINOX_POLICY_REJECTS``: ``0`` when the
+policy never rejects, which spares every response the 429 watch), which ``equinox serve`` sets.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
+import sys
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.bridge import TENANT_KEY, WEIGHT_KEY
+from serving.bridge import REJECTION_MARK, TENANT_KEY, WEIGHT_KEY
 from traces.errors import InputError, read_toml
 
 ENV_FILE = "EQUINOX_TENANTS"
 ENV_HEADER = "EQUINOX_TENANT_HEADER"
+ENV_REJECTS = "EQUINOX_POLICY_REJECTS"  # "0": the policy never rejects (no 429 watch); unset or "1": watch
 DEFAULT_HEADER = "x-equinox-tenant"
 DEFAULT_TENANT = "default"
 
@@ -150,6 +159,9 @@ class TenantMiddleware:
         self.tenants = tenants
         self.header = (header or os.environ.get(ENV_HEADER) or DEFAULT_HEADER).lower().encode()
         logger.warning(announcement(tenants, self.header.decode()))
+        self.refusals = os.environ.get(ENV_REJECTS, "1") != "0"  # answer the policy's rejections 429
+        if self.refusals:
+            watch_rejections()
 
     async def __call__(self, scope, receive, send):
         kind = scope.get("type")
@@ -203,13 +215,155 @@ class TenantMiddleware:
         for key in [k for k in xargs if str(k).startswith("equinox_")]:
             del xargs[key]
         xargs[TENANT_KEY], xargs[WEIGHT_KEY] = str(name), float(weight)
-        payload["vllm_xargs"] = xargs
-        new_body = json.dumps(payload).encode()
+        new_body = _with_xargs(body, payload, xargs)
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"] + [
             (b"content-length", str(len(new_body)).encode())
         ]
-        await self.app(scope, _replay(new_body, receive), send)
+        if self.refusals:
+            await _refusing(self.app, scope, _replay(new_body, receive), send, str(name))
+        else:
+            await self.app(scope, _replay(new_body, receive), send)
+
+
+def _with_xargs(body: bytes, payload: dict, xargs: dict) -> bytes:
+    """The request body with ``vllm_xargs`` set to ``xargs``.
+
+    A body without ``vllm_xargs`` (the usual case) gets the member spliced in after its opening
+    brace, byte for byte otherwise as the client sent it: re-encoding every body was the
+    middleware's largest cost under load (docs/SERVING.md, overhead).  Any other body is
+    re-encoded."""
+    start = len(body) - len(body.lstrip(b" \t\r\n"))
+    if (
+        "vllm_xargs" not in payload
+        and payload
+        and body[start : start + 1] == b"{"
+        and json.detect_encoding(body) == "utf-8"
+    ):
+        member = b'"vllm_xargs":' + json.dumps(xargs, separators=(",", ":")).encode() + b","
+        return body[: start + 1] + member + body[start + 1 :]
+    payload["vllm_xargs"] = xargs
+    return json.dumps(payload).encode()
+
+
+# -- rate-limit rejections: HTTP 429 --------------------------------------------------------
+class _Outcome:
+    """What the engine said about the request an HTTP call made (set by ``watch_rejections``)."""
+
+    __slots__ = ("retry_after_s", "limit")
+
+    def __init__(self):
+        self.retry_after_s: float | None = None  # set: the policy rejected it (rate limit)
+        self.limit = 0
+
+
+_OUTCOME: ContextVar[_Outcome | None] = ContextVar("equinox_outcome", default=None)
+
+
+def watch_rejections() -> bool:
+    """Have vLLM's engine client note, for the HTTP call being answered, a request the policy
+    rejected (an ``abort`` whose ``stop_reason`` is the adapter's ``REJECTION_MARK``).
+
+    The policy decides in the engine process, after the call's handler has started its
+    response; ``_refusing`` holds the response's start back until its first body, which vLLM
+    makes from the engine's first output, so by then the outcome is known.  Returns whether
+    vLLM's ``AsyncLLM`` was found (not in a process that has not imported vLLM: the API server
+    has, before it builds its middleware).
+    """
+    if "vllm" not in sys.modules:
+        return False
+    try:
+        from vllm.v1.engine.async_llm import AsyncLLM
+    except Exception:
+        return False
+    original = AsyncLLM.generate
+    if getattr(original, "_equinox_watched", False):
+        return True
+
+    @functools.wraps(original)
+    async def generate(self, *args, **kwargs):
+        outputs = original(self, *args, **kwargs)
+        try:
+            async for out in outputs:
+                if out.finished:
+                    _note_rejection(out)
+                yield out
+        finally:
+            await outputs.aclose()
+
+    generate._equinox_watched = True
+    AsyncLLM.generate = generate
+    return True
+
+
+def _note_rejection(out) -> None:
+    outcome = _OUTCOME.get()
+    if outcome is None:
+        return
+    for choice in getattr(out, "outputs", None) or ():
+        why = choice.stop_reason
+        if choice.finish_reason == "abort" and isinstance(why, str) and why.startswith(REJECTION_MARK + ":"):
+            try:
+                _, retry, limit = why.split(":")
+                outcome.retry_after_s, outcome.limit = max(0.0, float(retry)), int(limit)
+            except ValueError:
+                outcome.retry_after_s = 0.0
+            return
+
+
+async def _refusing(app, scope, receive, send, tenant: str) -> None:
+    """Run ``app``; answer 429 instead of its response if the policy rejected the request."""
+    outcome = _Outcome()
+    token = _OUTCOME.set(outcome)
+    held = None  # the response's start, until its first body
+    refused = False
+
+    async def send_checked(message):
+        nonlocal held, refused
+        if refused:
+            return
+        if message["type"] == "http.response.start":
+            held = message
+            return
+        if held is not None:
+            if outcome.retry_after_s is not None:
+                refused = True
+                await _rate_limited(send, outcome, tenant)
+                return
+            start, held = held, None
+            await send(start)
+        await send(message)
+
+    try:
+        await app(scope, receive, send_checked)
+    except Exception:
+        if outcome.retry_after_s is None or refused:
+            raise
+        refused = True
+        await _rate_limited(send, outcome, tenant)
+    finally:
+        _OUTCOME.reset(token)
+    if held is not None and not refused:
+        await send(held)
+
+
+async def _rate_limited(send, outcome: _Outcome, tenant: str) -> None:
+    """HTTP 429 with ``Retry-After`` (whole seconds until the tenant's window has room) and an
+    OpenAI-style error body (``type`` and ``code`` as OpenAI's rate-limit errors have them)."""
+    retry = outcome.retry_after_s or 0.0
+    seconds = max(1, math.ceil(retry))
+    quota = f"its {outcome.limit} requests a minute" if outcome.limit else "its request rate"
+    message = f"rate limit: tenant {tenant!r} has used {quota}; retry in {seconds} s"
+    body = json.dumps({"error": {"message": message, "type": "rate_limit_error", "param": None,
+                                 "code": "rate_limit_exceeded"}}).encode()  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(seconds).encode()),
+        (b"retry-after-ms", str(max(0, round(retry * 1000))).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _api_key(headers: dict) -> str | None:

@@ -13,8 +13,11 @@ Select it with vLLM's ``scheduler_cls``::
 * ``FairScheduler`` subclasses vLLM's ``Scheduler`` and changes five things: it installs the
   queue as ``self.waiting``; asks the policy for the step's token budget before ``schedule()``;
   tells the policy what each step did after ``update_from_output()`` (tokens per request, the
-  step's time, KV usage); finishes requests the policy rejects (``rpm``) as aborted; and logs
-  every request and step in the simulator's schema.  Preemption, KV allocation, chunked
+  step's time, KV usage); finishes requests the policy rejects (``rpm``) with an ``abort``
+  whose ``stop_reason`` carries the retry time (``serving.tenants`` answers it HTTP 429); and
+  logs every request and step in the simulator's schema, with how each ended as vLLM says
+  (``stop``, ``length``, ``abort``; a stop string, which vLLM's front end turns into an abort,
+  is found again here and logged ``stop``).  Preemption, KV allocation, chunked
   prefill and everything else stay vLLM's.
 * The tenant and its weight come from the request's ``sampling_params.extra_args``
   (``equinox_tenant``, ``equinox_weight``; the OpenAI body's ``vllm_xargs``).  Requests that
@@ -47,6 +50,7 @@ from engine.replay import counters_table
 from schedulers import run_name
 from serving.bridge import (
     ADDITIONAL_CONFIG_KEY,
+    REJECTION_MARK,
     ROW_KEY,
     PolicyBridge,
     ServingSettings,
@@ -55,14 +59,22 @@ from serving.bridge import (
 )
 from serving.logs import RunLog
 
-_FINISHED = {RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAPPED}
-if hasattr(RequestStatus, "FINISHED_REPETITION"):
-    _FINISHED.add(RequestStatus.FINISHED_REPETITION)
 _ENDED = frozenset(status for status in RequestStatus if RequestStatus.is_finished(status))  # finished or aborted
+# How a request ended, in vLLM's words (FinishReason: stop, length, abort, error, repetition).
+_REASON = {status: str(RequestStatus.get_finished_reason(status) or "abort") for status in _ENDED}
+_REASON[RequestStatus.FINISHED_IGNORED] = "too_long"  # vLLM says length; it never ran
 
 
-def _status(status: RequestStatus) -> str:
-    return "finished" if status in _FINISHED else "aborted"
+def _reason(status: RequestStatus) -> str:
+    return _REASON.get(status, "abort")
+
+
+def _stop_strings(request: Request) -> list[str]:
+    sp = request.sampling_params
+    stop = getattr(sp, "stop", None) if sp is not None else None
+    if not stop:
+        return []
+    return [stop] if isinstance(stop, str) else [s for s in stop if s]
 
 
 class FairRequestQueue(RequestQueue):
@@ -188,7 +200,7 @@ class FairScheduler(Scheduler):
 
             spec = self._equinox_model
             self._equinox_flops = lambda prefill, pairs, decode, kv: model_flops(spec, prefill, pairs, decode, kv)
-        self._equinox_rejected: list[tuple[str, int]] = []
+        self._equinox_rejected: list[tuple[str, int, str]] = []  # (id, client, stop_reason)
         # Steps scheduled and not yet reported, by their SchedulerOutput (async scheduling has two).
         self._equinox_steps: dict[int, StepBatch] = {}
         self.equinox: PolicyBridge | None = None
@@ -295,7 +307,9 @@ class FairScheduler(Scheduler):
         if ok:
             queue._reqs[rid] = request
         else:
-            self._equinox_rejected.append((rid, request.client_index))
+            retry_after, limit = bridge.rejection
+            mark = f"{REJECTION_MARK}:{retry_after:.3f}:{limit}"
+            self._equinox_rejected.append((rid, request.client_index, mark))
 
     def _equinox_fits(self, rid: str) -> bool:
         """Whether the engine has KV room for the request now (a hint for skipping policies)."""
@@ -348,7 +362,7 @@ class FairScheduler(Scheduler):
             bridge = self.equinox
             totals = [None if req is None else req.num_output_tokens for req in scheduled]
             finished = {
-                rid: _status(req.status)
+                rid: _REASON[req.status]
                 for rid, req in zip(step.tokens, scheduled)
                 if req is not None and req.status in _ENDED
             }  # fmt: skip
@@ -359,8 +373,10 @@ class FairScheduler(Scheduler):
                 kv_used_tokens=int(round(usage * self.kv_capacity_tokens)),
             )  # fmt: skip
         if self._equinox_rejected:
-            for rid, client_index in self._equinox_rejected:
-                out = EngineCoreOutput(request_id=rid, new_token_ids=[], finish_reason=FinishReason.ABORT)
+            for rid, client_index, mark in self._equinox_rejected:
+                # An abort whose stop_reason says why: serving.tenants answers the client 429.
+                out = EngineCoreOutput(request_id=rid, new_token_ids=[], finish_reason=FinishReason.ABORT,
+                                       stop_reason=mark)  # fmt: skip
                 if client_index in result:
                     result[client_index].outputs.append(out)
                 else:
@@ -372,9 +388,53 @@ class FairScheduler(Scheduler):
         ended = super().finish_requests(request_ids, finished_status)
         if self.equinox is not None and ended:
             now = self.equinox.clock()
+            reason = _reason(finished_status)
             for request in ended:
-                self.equinox.finish(request.request_id, now, _status(finished_status), request.num_output_tokens)
+                why = reason
+                if why == "abort" and self._equinox_stopped_on_string(request):
+                    why = "stop"
+                self.equinox.finish(request.request_id, now, why, request.num_output_tokens)
         return ended
+
+    def _equinox_stopped_on_string(self, request: Request) -> bool:
+        """Whether an aborted request's output holds one of its stop strings.
+
+        vLLM checks stop strings in the front end (it detokenizes there), which then aborts the
+        request in the engine: the scheduler sees ``FINISHED_ABORTED`` for a request the client
+        got back with ``finish_reason: "stop"``.  The front end stops at the first token that
+        completes a stop string, so an aborted request whose text (after ``min_tokens``) holds
+        one was stopped, not abandoned.
+        """
+        stops = _stop_strings(request)
+        if not stops or not request.num_output_tokens:
+            return False
+        tokenizer = self._equinox_tokenizer()
+        if tokenizer is None:
+            return False
+        sp = request.sampling_params
+        skip = bool(getattr(sp, "skip_special_tokens", True))
+        ids = list(request.output_token_ids)
+        try:
+            text = tokenizer.decode(ids, skip_special_tokens=skip)
+            min_tokens = int(getattr(sp, "min_tokens", 0) or 0)
+            start = len(tokenizer.decode(ids[:min_tokens], skip_special_tokens=skip)) if min_tokens else 0
+        except Exception:  # a tokenizer that cannot decode these ids: say what the engine says
+            return False
+        return any(text.find(stop, max(0, start - len(stop) + 1)) >= 0 for stop in stops)
+
+    def _equinox_tokenizer(self):
+        tokenizer = getattr(self, "_equinox_tok", False)
+        if tokenizer is False:
+            tokenizer = getattr(self.structured_output_manager, "tokenizer", None)
+            if tokenizer is None and not self.vllm_config.model_config.skip_tokenizer_init:
+                try:
+                    from vllm.tokenizers import cached_tokenizer_from_config
+
+                    tokenizer = cached_tokenizer_from_config(model_config=self.vllm_config.model_config)
+                except Exception:
+                    tokenizer = None
+            self._equinox_tok = tokenizer
+        return tokenizer
 
     def shutdown(self) -> None:
         try:

@@ -102,9 +102,14 @@ def test_a_request_the_policy_rejects_is_finished_as_aborted(model_dir):
     out, result = step(sched)
     finished = {o.request_id: o.finish_reason for outs in result.values() for o in outs.outputs if o.finish_reason}
     assert finished == {"a1": FinishReason.ABORT}
+    # the abort says why and when the tenant's window frees: a0 arrived just before, 60 s window
+    (why,) = [o.stop_reason for outs in result.values() for o in outs.outputs if o.request_id == "a1"]
+    mark, retry, limit = why.split(":")
+    assert mark == "equinox_rate_limit" and 59.0 < float(retry) <= 60.0 and limit == "1"
     admission_order(sched)
     req, _ = sched.equinox.log.tables()
     assert sorted(r["status"] for r in req.to_pylist()) == ["finished", "rejected"]
+    assert sched.equinox.log.end_reasons == {"length": 1, "rate_limit": 1}
 
 
 def test_an_aborted_waiting_request_leaves_the_queue_and_is_logged(model_dir):

@@ -190,3 +190,81 @@ def test_serve_announces_and_execs_vllms_server_with_the_adapter(tmp_path, monke
     argv, env = server_command("/m", settings, vllm_args=["--shutdown-timeout=1"])
     assert env["EQUINOX_TENANTS"] == ""  # open mode
     assert argv[-1] == "--shutdown-timeout=1"  # the user's own
+
+
+class RejectedApp(App):
+    """An app whose engine rejected the request: the output reaches it after the response started."""
+
+    def __init__(self, mark, fail=False):
+        super().__init__()
+        self.mark = mark
+        self.fail = fail
+
+    async def __call__(self, scope, receive, send):
+        from types import SimpleNamespace
+
+        from serving import tenants as module
+
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        choice = SimpleNamespace(finish_reason="abort", stop_reason=self.mark)
+        module._note_rejection(SimpleNamespace(outputs=[choice]))  # what the watched generate() does
+        if self.fail:  # vLLM's logprobs + echo on an empty abort
+            raise RuntimeError("no prompt logprobs")
+        await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def call_full(middleware, body):
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+    asyncio.run(middleware(scope, receive, send))
+    return sent
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["answered", "raised"])
+def test_a_rejected_request_is_answered_429_with_retry_after(monkeypatch, fail):
+    from serving.bridge import REJECTION_MARK
+
+    monkeypatch.delenv("EQUINOX_POLICY_REJECTS", raising=False)
+    mw = TenantMiddleware(RejectedApp(f"{REJECTION_MARK}:12.250:5", fail=fail), from_env=False)
+    sent = call_full(mw, {**BODY, "user": "carol", "stream": True})
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]  # the app's stream dropped
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 429 and headers[b"retry-after"] == b"13" and headers[b"retry-after-ms"] == b"12250"
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "rate_limit_error"
+    assert error["message"] == "rate limit: tenant 'carol' has used its 5 requests a minute; retry in 13 s"
+
+
+def test_an_abort_without_the_mark_passes_through_and_no_watch_when_the_policy_never_rejects(monkeypatch):
+    mw = TenantMiddleware(RejectedApp("client went away"), from_env=False)
+    sent = call_full(mw, BODY)
+    assert sent[0]["status"] == 200 and len(sent) == 3
+    monkeypatch.setenv("EQUINOX_POLICY_REJECTS", "0")
+    mw = TenantMiddleware(App(), from_env=False)
+    assert mw.refusals is False
+    assert call(mw, "/v1/completions", BODY)[0] == 200
+    settings = ServingSettings(scheduler="vtc")
+    assert server_command("/m", settings)[1]["EQUINOX_POLICY_REJECTS"] == "0"
+    assert server_command("/m", ServingSettings(scheduler="rpm:3"))[1]["EQUINOX_POLICY_REJECTS"] == "1"
+
+
+def test_the_tenant_is_spliced_into_the_body_as_sent_or_the_body_re_encoded():
+    from serving.tenants import _with_xargs
+
+    xargs = {"equinox_tenant": "alice", "equinox_weight": 2.0}
+    body = b' {"prompt": "a \\u00e9 \\"b\\"", "max_tokens": 2}'
+    out = _with_xargs(body, json.loads(body), dict(xargs))
+    assert out.endswith(body[2:]) and json.loads(out) == {**json.loads(body), "vllm_xargs": xargs}
+    # a body that already has vllm_xargs is re-encoded with ours in their place
+    body = b'{"vllm_xargs": {"x": 1}, "prompt": "p"}'
+    assert json.loads(_with_xargs(body, json.loads(body), dict(xargs))) == {"vllm_xargs": xargs, "prompt": "p"}
+    body = '{"prompt": "p"}'.encode("utf-16")  # not UTF-8: re-encoded
+    assert json.loads(_with_xargs(body, json.loads(body), dict(xargs))) == {"prompt": "p", "vllm_xargs": xargs}
