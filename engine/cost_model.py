@@ -301,6 +301,33 @@ class RooflineCostModel:
             return linear_flops * tokens + pair_flops * pairs
         return model_flops(self.model, prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens)
 
+    def split(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests) -> tuple:
+        """``step_split``'s coefficients: the linear layers' time per token, attention per pair and
+        per KV token read, the overheads per request (the per-step one shared evenly)."""
+        tokens = float(prefill_tokens) + float(decode_tokens)
+        if not tokens > 0:
+            return (0.0,) * 6
+        linear_flops, compute_rate, memory, pair_flops, attention_rate, kv_bytes, bandwidth = self._terms
+        compute = linear_flops * tokens / compute_rate
+        p = self.roofline_p
+        if p == 2.0:
+            linear = math.sqrt(compute * compute + memory * memory)
+        elif math.isinf(p):
+            linear = max(compute, memory)
+        else:
+            linear = (compute**p + memory**p) ** (1.0 / p)
+        per_token = linear / tokens
+        per_request = self.request_overhead_s + self.step_overhead_s / max(float(num_requests), 1.0)
+        return (per_token, per_token, pair_flops / attention_rate, kv_bytes / bandwidth, per_request, per_request)
+
+    def decode_split(self, duration_s, decode_tokens, decode_kv) -> tuple:
+        """A pure decode step of ``decode_tokens`` requests reading ``decode_kv`` keys in all, that took
+        ``duration_s`` (floats or arrays of steps): ``(common, kv)``, each decode's share being
+        ``common + kv * (its context + 1)``."""
+        *_, kv_bytes, bandwidth = self._terms
+        kv = kv_bytes / bandwidth
+        return (duration_s - kv * decode_kv) / decode_tokens, kv
+
 
 # VTC's fitted cost function, Ying1123/VTC-artifact, slora/server/router/req_queue.py,
 # ReqQueue.cost_func_profile: h(x, y) = a*x + b*y + c*x*y + d*y^2 + e, in milliseconds, for a
@@ -405,6 +432,26 @@ class VTCProfileCostModel:
     ) -> ArrayLike:
         return model_flops(self.model, prefill_tokens, prefill_attn_pairs, decode_tokens, decode_kv_tokens)
 
+    def split(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests) -> tuple:
+        """``step_split``'s coefficients: VTC's terms per prefill token (a), prefill request (e),
+        decode (b) and KV token (k), scaled when the step is held at ``min_step_s``."""
+        a, b, _, _, e = self.coefficients_ms
+        k = self.kv_coefficient_ms
+        p, dec = float(prefill_tokens), float(decode_tokens)
+        n_prefill = max(float(num_requests) - dec, 0.0)
+        ms = a * p + e * n_prefill + b * dec + k * float(decode_kv)
+        if not (p + dec > 0 and ms > 0):
+            return (0.0,) * 6
+        scale = max(self.min_step_s, ms / 1000.0) / ms  # seconds per modelled millisecond
+        return (a * scale, b * scale, 0.0, k * scale, e * scale, 0.0)
+
+    def decode_split(self, duration_s, decode_tokens, decode_kv) -> tuple:
+        """As ``RooflineCostModel.decode_split``."""
+        _, b, _, _, _ = self.coefficients_ms
+        k = self.kv_coefficient_ms
+        scale = duration_s / (b * decode_tokens + k * decode_kv)
+        return b * scale, k * scale
+
 
 # -- a step's time split among its requests (Equinox's RFC, requests.parquet's engine_seconds) ----------
 # Each request of a step is charged its own terms of the cost model's step time: a prefill chunk of n
@@ -439,58 +486,6 @@ def request_seconds(coefficients: tuple, tokens: np.ndarray, context: np.ndarray
     prefill = pt * n + pair * n * (c + (n + 1.0) / 2.0) + pr
     decode = dt * n + kv * (c + 1.0) + dr
     return np.where(decoding, decode, prefill)
-
-
-def _roofline_split(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests) -> tuple:
-    tokens = float(prefill_tokens) + float(decode_tokens)
-    if not tokens > 0:
-        return (0.0,) * 6
-    linear_flops, compute_rate, memory, pair_flops, attention_rate, kv_bytes, bandwidth = self._terms
-    compute = linear_flops * tokens / compute_rate
-    p = self.roofline_p
-    if p == 2.0:
-        linear = math.sqrt(compute * compute + memory * memory)
-    elif math.isinf(p):
-        linear = max(compute, memory)
-    else:
-        linear = (compute**p + memory**p) ** (1.0 / p)
-    per_token = linear / tokens
-    per_request = self.request_overhead_s + self.step_overhead_s / max(float(num_requests), 1.0)
-    return (per_token, per_token, pair_flops / attention_rate, kv_bytes / bandwidth, per_request, per_request)
-
-
-def _roofline_decode_split(self, duration_s, decode_tokens, decode_kv) -> tuple:
-    """A pure decode step of ``decode_tokens`` requests reading ``decode_kv`` keys in all, that took
-    ``duration_s`` (floats or arrays of steps): ``(common, kv)``, each decode's share being
-    ``common + kv * (its context + 1)``."""
-    *_, kv_bytes, bandwidth = self._terms
-    kv = kv_bytes / bandwidth
-    return (duration_s - kv * decode_kv) / decode_tokens, kv
-
-
-def _vtc_split(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests) -> tuple:
-    a, b, _, _, e = self.coefficients_ms
-    k = self.kv_coefficient_ms
-    p, dec = float(prefill_tokens), float(decode_tokens)
-    n_prefill = max(float(num_requests) - dec, 0.0)
-    ms = a * p + e * n_prefill + b * dec + k * float(decode_kv)
-    if not (p + dec > 0 and ms > 0):
-        return (0.0,) * 6
-    scale = max(self.min_step_s, ms / 1000.0) / ms  # seconds per modelled millisecond
-    return (a * scale, b * scale, 0.0, k * scale, e * scale, 0.0)
-
-
-def _vtc_decode_split(self, duration_s, decode_tokens, decode_kv) -> tuple:
-    _, b, _, _, _ = self.coefficients_ms
-    k = self.kv_coefficient_ms
-    scale = duration_s / (b * decode_tokens + k * decode_kv)
-    return b * scale, k * scale
-
-
-RooflineCostModel.split = _roofline_split
-RooflineCostModel.decode_split = _roofline_decode_split
-VTCProfileCostModel.split = _vtc_split
-VTCProfileCostModel.decode_split = _vtc_decode_split
 
 
 def decode_split(cost, duration_s, decode_tokens, decode_kv) -> tuple:

@@ -329,26 +329,26 @@ class Equinox(ClientQueues):
                 return req
             if not self.knobs.skip:
                 return None
-        if caps is not None and counters.smallest_eligible(coef, caps) is None:
-            # Nobody is within both guards (the smallest UFC and the smallest RFC are different
-            # clients' and kappa is small): the smallest UFC goes, as VTC's rule would have it.
-            i = counters.smallest((1.0, 0.0))[0]
-            req = self._queues[names[i]][0]
-            return req if (room == INF or self._head_memory[i] <= room) and fits(req) else None
         limit = getattr(fits, "max_pending", None)
         if limit is not None:  # in array operations
-            sizes = [(self._head_pending, limit)]
-            if room != INF:
-                sizes.append((self._head_memory, room))
             if self.knobs.skip:
+                sizes = [(self._head_pending, limit)]
+                if room != INF:
+                    sizes.append((self._head_memory, room))
                 found = counters.smallest_eligible(coef, caps, sizes)
-                return None if found is None else self._queues[names[found[0]]][0]
+                if found is not None:
+                    return self._queues[names[found[0]]][0]
+                if eligible or counters.smallest_eligible(coef, caps) is not None:
+                    return None
+                return self._smallest_ufc(fits, room)
             found = counters.smallest_eligible(coef, caps)  # the lowest eligible HF, and only its head
             if found is None:
-                return None
+                return self._smallest_ufc(fits, room)
             i = found[0]
             ok = self._head_pending[i] <= limit and (room == INF or self._head_memory[i] <= room)
             return self._queues[names[i]][0] if ok else None
+        if caps is not None and counters.smallest_eligible(coef, caps) is None:
+            return self._smallest_ufc(fits, room)
         for i, _ in counters.within(coef, INF):  # the engine's fits, one request at a time
             if caps is not None and (counters.value(i, UFC) > caps[0] or counters.value(i, RFC) > caps[1]):
                 continue
@@ -358,6 +358,13 @@ class Equinox(ClientQueues):
             if not self.knobs.skip:
                 return None
         return None
+
+    def _smallest_ufc(self, fits, room: float) -> Request | None:
+        """Nobody is within both guards (the smallest UFC and the smallest RFC are different
+        clients' and kappa is small): the smallest UFC goes, as VTC's rule would have it."""
+        i = self._counters.smallest((1.0, 0.0))[0]
+        req = self._queues[self._counters.names[i]][0]
+        return req if (room == INF or self._head_memory[i] <= room) and fits(req) else None
 
     # -- predictions -------------------------------------------------------------------
     def _output_hat(self, req: Request) -> float:
