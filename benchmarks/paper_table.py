@@ -88,8 +88,8 @@ VLLM_PREFILL_FIRST = {**VLLM, "chunked_prefill": False, "stall_free": False, "ad
 
 # Equinox knobs that make it order as VTC does (HF = UFC, no latency discount, no skipping, fixed budget):
 # the first Equinox row of the ladder starts from them, each row adds its mechanism to the rows before it.
-# Base knobs this build lacks are dropped (issue 15 replaces delta by the guard's kappa).
-VTC_LIKE = {"alpha": 1.0, "beta": 0.0, "gamma": 0.0, "delta": 0.0, "kappa": math.inf, "adaptive_budget": False}
+# Equinox ordering as VTC does: user counter only, no latency factor, no guard, no adaptive batching.
+VTC_LIKE = {"alpha": 1.0, "beta": 0.0, "gamma": 0.0, "kappa": math.inf, "memory_aware": False, "adaptive_budget": False}
 
 # The ladder: (row, scheduler, engine options, Equinox knobs this row adds).  Knob names that this build's
 # EquinoxKnobs lacks make the row "not available in this build" (and later rows go on without it): the
@@ -99,11 +99,10 @@ LADDER = [
     ("+ on-demand memory (vLLM mode, prefill-first)", "vtc", VLLM_PREFILL_FIRST, None),
     ("+ chunked stall-free steps", "vtc", {**VLLM, "prefix_caching": False}, None),
     ("+ prefix caching", "vtc", VLLM, None),
-    ("+ memory-aware admission", "equinox", VLLM, {"memory_aware_admission": True}),
-    ("+ adaptive budget (predicted step time)", "equinox", VLLM,
-     {"adaptive_budget": True, "budget_from_step_time": True}),
-    ("+ HF order with engine-time RFC", "equinox", VLLM, {"alpha": 0.5, "beta": 0.5, "rfc_engine_time": True}),
-    ("+ latency factor", "equinox", VLLM, {"gamma": 1.0, "latency_factor": True}),
+    ("+ memory-aware admission", "equinox", VLLM, {"memory_aware": True}),
+    ("+ adaptive budget (predicted step time)", "equinox", VLLM, {"adaptive_budget": True}),
+    ("+ HF order with engine-time RFC", "equinox", VLLM, {"alpha": 0.5, "beta": 0.5}),
+    ("+ latency factor", "equinox", VLLM, {"gamma": 1.0}),
     ("= full Equinox (default knobs)", "equinox", VLLM, {}),
 ]  # fmt: skip
 

@@ -307,11 +307,23 @@ def audit_run(run: Run, *, vtc_windows: bool = False) -> tuple[dict, dict]:
         "starvation": _starvation(starving),
         "fairness": fairness,
         "bound": _bound(req, engine["kv_capacity_tokens"], w_p, w_q, fairness),
+        "equinox_bound": _equinox_bound(run),
         "clients": _clients(req, demanded, received, starving, backlogged, latency["per_client"]),
         "notes": _notes(req),
     }
     series |= _plot_series(req, w_p, w_q, lat, run.counters)
     return _jsonable(summary), series
+
+
+def _equinox_bound(run: Run) -> dict | None:
+    """An Equinox run's own bound (its guard's, docs/EQUINOX.md) and whether its counters kept it;
+    None for other schedulers."""
+    policy = run.config.get("policy") or {}
+    if "guard" not in policy or run.counters is None:
+        return None
+    from schedulers.equinox_bound import check_run
+
+    return check_run(run.path)
 
 
 def fairness_grid(req: pd.DataFrame) -> np.ndarray:

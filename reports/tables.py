@@ -37,6 +37,7 @@ SUMMARY_ROWS = (
     ("max pair service diff", ("fairness", "pair_service_diff_max"), ",.0f"),
     ("VTC bound", ("bound", "value"), ",.0f"),
     ("bound held?", ("bound", "held"), ""),
+    ("Equinox bound held?", ("equinox_bound", "held"), ""),
     ("windowed diff max", ("fairness", "windowed_diff", "max"), ",.1f"),
     ("windowed diff mean", ("fairness", "windowed_diff", "mean"), ",.1f"),
     ("windows' T (s)", ("fairness", "windowed_diff", "horizon_s"), ",.0f"),

@@ -93,7 +93,7 @@ def check_run(run_dir) -> dict:
     kappa_r = policy.get("kappa_r")
     u = inf if guard.get("U") is None else guard["U"]
     r = inf if guard.get("R") is None else guard["R"]
-    bound = equinox_bound(kappa, inf if kappa_r is None else kappa_r, u, r)
+    bound = equinox_bound(kappa, kappa_r, u, r)  # kappa_r None: the same guard as kappa
     path = run_dir / "counters.parquet"
     counters = (
         pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["time_s", "client_id", "ufc", "rfc", "hf"])
