@@ -349,7 +349,7 @@ def replay_endpoint(
                                     "weight", "conversation_id", "prompt", "scheduler", "status", "admitted_s",
                                     "first_token_s", "finish_s", "generated_tokens", "preemptions",
                                     "waiting_at_arrival", "waiting_tokens_at_arrival", "running_at_arrival",
-                                    "kv_used_at_arrival", "engine_seconds")}  # fmt: skip
+                                    "kv_used_at_arrival")}  # fmt: skip
     for i, r in enumerate(results):
         ok = r.error is None and r.finished and r.status == 200
         generated = r.usage_tokens if r.usage_tokens is not None else len(r.chunks)
