@@ -380,8 +380,10 @@ def figures(results: pd.DataFrame, ladder: list[dict], out: Path) -> list[str]:
         for key in ["vtc@slora", *[s for s in SAME_ENGINE if s != "vtc-budget"]]:
             t, j = stat(df, key, "tokens_per_s"), stat(df, key, "jain")
             if t and j:
-                ax.errorbar(t[0], j[0], xerr=[[t[0] - t[1]], [t[2] - t[0]]], yerr=[[j[0] - j[1]], [j[2] - j[0]]],
-                            fmt="o", ms=4, label=key)  # fmt: skip
+                # min <= mean <= max, but a mean of equal values can round a hair outside them
+                xerr = [[max(0.0, t[0] - t[1])], [max(0.0, t[2] - t[0])]]
+                yerr = [[max(0.0, j[0] - j[1])], [max(0.0, j[2] - j[0])]]
+                ax.errorbar(t[0], j[0], xerr=xerr, yerr=yerr, fmt="o", ms=4, label=key)
         ax.set_title(w, fontsize=9)
         ax.set_xlabel("tokens/s")
     axes[0][0].set_ylabel("Jain (service rate)")
