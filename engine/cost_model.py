@@ -269,20 +269,24 @@ class RooflineCostModel:
             self.tp * hw.mem_bandwidth * self.memory_efficiency,
         )
 
+    def _linear_scalar(self, tokens: float) -> float:
+        """The linear layers' time for ``tokens`` tokens: the roofline of their FLOPs and the weight read."""
+        linear_flops, compute_rate, memory, *_ = self._terms
+        compute = linear_flops * tokens / compute_rate
+        p = self.roofline_p
+        if p == 2.0:
+            return math.sqrt(compute * compute + memory * memory)
+        if math.isinf(p):
+            return max(compute, memory)
+        return (compute**p + memory**p) ** (1.0 / p)
+
     def _step_time_scalar(self, prefill_tokens, pairs, decode_tokens, decode_kv, num_requests) -> float:
         """``step_time`` of one step in plain floats, operation for operation."""
         tokens = float(prefill_tokens) + float(decode_tokens)
         if not tokens > 0:
             return 0.0
-        linear_flops, compute_rate, memory, pair_flops, attention_rate, kv_bytes, bandwidth = self._terms
-        compute = linear_flops * tokens / compute_rate
-        p = self.roofline_p
-        if p == 2.0:
-            linear = math.sqrt(compute * compute + memory * memory)
-        elif math.isinf(p):
-            linear = max(compute, memory)
-        else:
-            linear = (compute**p + memory**p) ** (1.0 / p)
+        linear = self._linear_scalar(tokens)
+        _, _, _, pair_flops, attention_rate, kv_bytes, bandwidth = self._terms
         prefill = pair_flops * float(pairs) / attention_rate
         decode = kv_bytes * float(decode_kv) / bandwidth
         return linear + (prefill + decode) + self.step_overhead_s + self.request_overhead_s * float(num_requests)
@@ -307,15 +311,8 @@ class RooflineCostModel:
         tokens = float(prefill_tokens) + float(decode_tokens)
         if not tokens > 0:
             return (0.0,) * 6
-        linear_flops, compute_rate, memory, pair_flops, attention_rate, kv_bytes, bandwidth = self._terms
-        compute = linear_flops * tokens / compute_rate
-        p = self.roofline_p
-        if p == 2.0:
-            linear = math.sqrt(compute * compute + memory * memory)
-        elif math.isinf(p):
-            linear = max(compute, memory)
-        else:
-            linear = (compute**p + memory**p) ** (1.0 / p)
+        linear = self._linear_scalar(tokens)
+        _, _, _, pair_flops, attention_rate, kv_bytes, bandwidth = self._terms
         per_token = linear / tokens
         per_request = self.request_overhead_s + self.step_overhead_s / max(float(num_requests), 1.0)
         return (per_token, per_token, pair_flops / attention_rate, kv_bytes / bandwidth, per_request, per_request)
