@@ -214,8 +214,11 @@ def metrics(run: Path, scheduler: str) -> dict:
     out["diff_over_bound"] = diff / own if diff is not None and own else None
     out["diff_over_vtc_bound"] = diff / bound["value"] if diff is not None and bound.get("value") else None
     eq = summary.get("equinox_bound")
-    if eq:  # Equinox's own bound is on its counters (UFC and RFC, docs/EQUINOX.md), not on service
-        out["diff_over_bound"] = max(eq["pair_difference"][k] / eq["bound"][k] for k in ("ufc", "rfc"))
+    # Equinox's own bound is on its counters (UFC and RFC, docs/EQUINOX.md), not on service; a guard
+    # that is off (kappa = inf, written as null) bounds nothing, and VTC's bound stands in.
+    ratios = [eq["pair_difference"][k] / eq["bound"][k] for k in ("ufc", "rfc") if eq and eq["bound"].get(k)]
+    if ratios:
+        out["diff_over_bound"] = max(ratios)
     # Utilization, honestly: useful tokens exclude recomputation after preemption and cached prompt tokens.
     busy = steps[steps.busy]
     computed = float((busy.prefill_tokens + busy.decode_tokens).sum())
