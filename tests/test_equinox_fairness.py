@@ -76,7 +76,9 @@ def test_gamma_moves_per_client_ttft_equality_on_the_lmsys_trace():
     assert ttft_jain[2.0] >= 1.10 * ttft_jain[0.0]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     clients=st.integers(2, 5),
     n=st.integers(8, 30),
