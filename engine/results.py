@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -151,8 +153,13 @@ def atomic_directory(path: Path):
     """Yield a temporary directory that replaces ``path`` only if the block completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # A signal that raises (SIGTERM under equinox_cli.common.sigterm_unwinds) between the directory's
+    # creation and the ``try`` would leave it behind: hold SIGTERM until the directory is ours.
+    masked = _hold_sigterm()
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        masked = _release_sigterm(masked)  # a SIGTERM that came meanwhile raises here, inside the try
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -162,5 +169,22 @@ def atomic_directory(path: Path):
         else:
             _publish(tmp, path, 0o777)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _release_sigterm(masked)
+
+
+def _hold_sigterm():
+    """Block SIGTERM in this thread; returns the mask to restore (None where signals cannot be masked)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _release_sigterm(mask) -> None:
+    """Restore the mask ``_hold_sigterm`` returned (a pending SIGTERM is delivered now)."""
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return None
