@@ -105,6 +105,29 @@ STEPS_FILE = "steps.parquet"
 RUN_FILE = "run.json"
 
 
+def outcome_columns(reqs, scheduler: str) -> dict[str, pa.Array]:
+    """The columns of ``requests.parquet`` that every engine reads off its finished Request objects:
+    what happened to each request and the engine's state at its arrival."""
+
+    def col(getter, dtype):
+        return pa.array([getter(r) for r in reqs], type=dtype)
+
+    state = list(zip(*(r.arrival_state for r in reqs))) if reqs else [[], [], [], []]
+    return {
+        "scheduler": pa.array([scheduler] * len(reqs), type=pa.string()),
+        "status": col(lambda r: r.status, pa.string()),
+        "admitted_s": col(lambda r: r.admitted_s, pa.float64()),
+        "first_token_s": col(lambda r: r.first_token_s, pa.float64()),
+        "finish_s": col(lambda r: r.finish_s, pa.float64()),
+        "generated_tokens": col(lambda r: r.generated, pa.int64()),
+        "preemptions": col(lambda r: r.preemptions, pa.int64()),
+        "waiting_at_arrival": pa.array(state[0], type=pa.int64()),
+        "waiting_tokens_at_arrival": pa.array(state[1], type=pa.int64()),
+        "running_at_arrival": pa.array(state[2], type=pa.int64()),
+        "kv_used_at_arrival": pa.array(state[3], type=pa.float64()),
+    }
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from engine.cost_model import decode_split, request_seconds, step_split
 from engine.prefix_cache import PrefixCache, block_keys
 from engine.request import Request
-from engine.results import EXCEEDS_KV, RATE_LIMIT, REQUEST_SCHEMA, STEP_SCHEMA, TOO_LONG
+from engine.results import EXCEEDS_KV, RATE_LIMIT, REQUEST_SCHEMA, STEP_SCHEMA, TOO_LONG, outcome_columns
 from schedulers.base import Policy
 from traces.schema import column_lists
 
@@ -1085,36 +1085,17 @@ class Simulator:
 
     # -- results ---------------------------------------------------------------------
     def _request_table(self, workload: pa.Table, reqs: list[Request], scheduler: str) -> pa.Table:
-        def col(getter, dtype):
-            return pa.array([getter(r) for r in reqs], type=dtype)
-
-        n = len(reqs)
-        state = list(zip(*(r.arrival_state for r in reqs))) if n else [[], [], [], []]
+        workload_columns = ("request_id", "client_id", "arrival_s", "prompt_tokens", "output_tokens", "weight",
+                            "conversation_id", "prompt")  # fmt: skip
+        rejected = np.array([r.status == "rejected" for r in reqs], dtype=bool)
         columns = {
-            "request_id": workload.column("request_id"),
-            "client_id": workload.column("client_id"),
-            "arrival_s": workload.column("arrival_s"),
-            "prompt_tokens": workload.column("prompt_tokens"),
-            "output_tokens": workload.column("output_tokens"),
-            "weight": workload.column("weight"),
-            "conversation_id": workload.column("conversation_id"),
-            "prompt": workload.column("prompt"),
-            "scheduler": pa.array([scheduler] * n, type=pa.string()),
-            "status": col(lambda r: r.status, pa.string()),
-            "admitted_s": col(lambda r: r.admitted_s, pa.float64()),
-            "first_token_s": col(lambda r: r.first_token_s, pa.float64()),
-            "finish_s": col(lambda r: r.finish_s, pa.float64()),
-            "generated_tokens": col(lambda r: r.generated, pa.int64()),
-            "preemptions": col(lambda r: r.preemptions, pa.int64()),
-            "waiting_at_arrival": pa.array(state[0], type=pa.int64()),
-            "waiting_tokens_at_arrival": pa.array(state[1], type=pa.int64()),
-            "running_at_arrival": pa.array(state[2], type=pa.int64()),
-            "kv_used_at_arrival": pa.array(state[3], type=pa.float64()),
-            "reject_reason": col(lambda r: r.reject_reason, pa.string()),
-            "cached_prompt_tokens": col(
-                lambda r: None if r.status == "rejected" else r.cached_prompt_tokens, pa.int64()
+            **{name: workload.column(name) for name in workload_columns},
+            **outcome_columns(reqs, scheduler),
+            "reject_reason": pa.array([r.reject_reason for r in reqs], type=pa.string()),
+            "cached_prompt_tokens": pa.array(
+                [None if r.status == "rejected" else r.cached_prompt_tokens for r in reqs], type=pa.int64()
             ),
             "prefix_hashes": workload.column("prefix_hashes"),
-            "engine_seconds": pa.array(self._es, mask=np.array([r.status == "rejected" for r in reqs], dtype=bool)),
+            "engine_seconds": pa.array(self._es, mask=rejected),
         }
         return pa.Table.from_pydict(columns, schema=REQUEST_SCHEMA)

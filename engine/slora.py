@@ -40,7 +40,7 @@ from typing import Callable
 import pyarrow as pa
 
 from engine.request import Request
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA
+from engine.results import REQUEST_SCHEMA, STEP_SCHEMA, outcome_columns
 from schedulers.base import Policy
 from traces.schema import column_lists
 
@@ -347,23 +347,8 @@ class SLoRAEngine:
     def _request_table(self, workload: pa.Table, scheduler: str) -> pa.Table:
         reqs = self.reqs
         n = len(reqs)
-
-        def col(getter, dtype):
-            return pa.array([getter(r) for r in reqs], type=dtype)
-
-        state = list(zip(*(r.arrival_state for r in reqs))) if n else [[], [], [], []]
         known = {
-            "scheduler": pa.array([scheduler] * n, type=pa.string()),
-            "status": col(lambda r: r.status, pa.string()),
-            "admitted_s": col(lambda r: r.admitted_s, pa.float64()),
-            "first_token_s": col(lambda r: r.first_token_s, pa.float64()),
-            "finish_s": col(lambda r: r.finish_s, pa.float64()),
-            "generated_tokens": col(lambda r: r.generated, pa.int64()),
-            "preemptions": col(lambda r: r.preemptions, pa.int64()),
-            "waiting_at_arrival": pa.array(state[0], type=pa.int64()),
-            "waiting_tokens_at_arrival": pa.array(state[1], type=pa.int64()),
-            "running_at_arrival": pa.array(state[2], type=pa.int64()),
-            "kv_used_at_arrival": pa.array(state[3], type=pa.float64()),
+            **outcome_columns(reqs, scheduler),
             "reject_reason": pa.array(self.reject_reasons, type=pa.string()),
             "cached_prompt_tokens": pa.array([0] * n, type=pa.int64()),  # S-LoRA has no prefix cache
         }
