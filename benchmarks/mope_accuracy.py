@@ -119,10 +119,8 @@ def other_table(metrics: dict, title: str) -> None:
 
 def ablation(dev_runs, seed: int) -> None:
     """Validation MAE of the output-length model as feature groups are added (single model)."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     from predictors.features import CONVERSATION_FEATURES, REQUEST_FEATURES
-    from predictors.forest import OUTPUT_DEPTH, OUTPUT_LEARNING_RATE, OUTPUT_TREES
+    from predictors.forest import OUTPUT_DEPTH, OUTPUT_LEARNING_RATE, OUTPUT_TREES, median_booster
     from predictors.text import SIGNALS
     from predictors.training import _signal_matrix, kendall, load_logs, request_matrix, split, text_model, text_scores
 
@@ -154,15 +152,7 @@ def ablation(dev_runs, seed: int) -> None:
     columns: list[int] = []
     for label, names in steps:
         columns += [index[n] for n in names]
-        model = HistGradientBoostingRegressor(
-            loss="absolute_error",
-            max_iter=OUTPUT_TREES,
-            max_depth=OUTPUT_DEPTH,
-            max_leaf_nodes=2**OUTPUT_DEPTH,
-            learning_rate=OUTPUT_LEARNING_RATE,
-            early_stopping=False,
-            random_state=seed,
-        ).fit(Xt[:, columns], yt)
+        model = median_booster(seed, OUTPUT_TREES, OUTPUT_DEPTH, OUTPUT_LEARNING_RATE).fit(Xt[:, columns], yt)
         p = model.predict(Xv[:, columns])
         mae = np.abs(p - yv).mean()
         print(f"| {label} | {mae:.1f} | {mae / median:.3f} | {kendall(p, yv):.3f} |")

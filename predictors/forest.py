@@ -98,13 +98,10 @@ def fit_trees(X: np.ndarray, y: np.ndarray, seed: int, trees: int = TREES, depth
     return out
 
 
-def fit_median_trees(
-    X: np.ndarray, y: np.ndarray, seed: int, count: int, depth: int, rate: float, trees: int, first: int = 0
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``count`` trees of depth ``depth`` minimising the absolute error (scikit-learn
-    HistGradientBoostingRegressor, no early stopping, so deterministic), exported into
-    slots ``first``.. of ``trees`` x ``OUTPUT_DEPTH`` arrays; and its predictions on ``X``."""
-    model = HistGradientBoostingRegressor(
+def median_booster(seed: int, count: int, depth: int, rate: float) -> HistGradientBoostingRegressor:
+    """``count`` gradient-boosted trees of depth ``depth`` minimising the absolute error, with no early
+    stopping (so the same data and seed give the same trees)."""
+    return HistGradientBoostingRegressor(
         loss="absolute_error",
         max_iter=count,
         max_depth=depth,
@@ -112,7 +109,16 @@ def fit_median_trees(
         learning_rate=rate,
         early_stopping=False,
         random_state=seed,
-    ).fit(X, y)
+    )
+
+
+def fit_median_trees(
+    X: np.ndarray, y: np.ndarray, seed: int, count: int, depth: int, rate: float, trees: int, first: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``count`` trees of depth ``depth`` minimising the absolute error (scikit-learn
+    HistGradientBoostingRegressor, no early stopping, so deterministic), exported into
+    slots ``first``.. of ``trees`` x ``OUTPUT_DEPTH`` arrays; and its predictions on ``X``."""
+    model = median_booster(seed, count, depth, rate).fit(X, y)
     out = empty_trees(trees, OUTPUT_DEPTH)
     for t, (predictor,) in enumerate(model._predictors):  # the fitted trees (leaf values shrunk)
         nodes = predictor.nodes
