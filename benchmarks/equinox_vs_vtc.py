@@ -5,11 +5,10 @@ ShareGPT: conversations 0-999 of ShareGPT_V3_unfiltered_cleaned_split.json (Hugg
 anon8231489123/ShareGPT_Vicuna_unfiltered), 8 Zipf clients, Poisson 30 req/s on the A100 preset
 (as benchmarks/paper_table.py).  Prints, per workload: whether Equinox's bound held
 (schedulers/equinox_bound.py), the throughput and mean-TTFT ratios to VTC, and three Jain
-indices: service rate (the audit's ``fairness.jain``), per-client mean TTFT, and per-client
-engine-seconds / weight received while both the client was backlogged (requests admitted in
-the window from 30 s to the last time every client was still backlogged, scaled by its length).
+indices the audit reports: service rate (``fairness.jain``), per-client mean TTFT
+(``jain_ttft``) and per-client engine-seconds per weight (``jain_resource``).
 
-    python benchmarks/equinox_vs_vtc.py [--data ../shared/data]
+    python benchmarks/equinox_vs_vtc.py [--data DIR] [--knob overcommit=0.25 ...]
 """
 
 from __future__ import annotations
@@ -22,44 +21,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
 from engine.replay import replay  # noqa: E402
 from reports.audit import audit  # noqa: E402
+from schedulers.equinox import EquinoxKnobs  # noqa: E402
 from schedulers.equinox_bound import check_run  # noqa: E402
 from traces import load_workload  # noqa: E402
 
 
-def jain(x) -> float:
-    x = np.asarray(x, dtype=float)
-    return float(x.sum() ** 2 / (len(x) * (x**2).sum()))
-
-
-def figures(run: Path) -> dict:
-    req = pd.read_parquet(run / "requests.parquet")
-    req = req[req.status == "finished"]
-    ttft = (req.first_token_s - req.arrival_s).groupby(req.client_id).mean()
-    # resource: engine-seconds / weight of the requests each client had admitted while backlogged
-    rates = {}
-    for client, r in req.groupby("client_id"):
-        admitted = r[r.admitted_s > r.arrival_s + 1e-9]  # it waited: its client was backlogged
-        span = admitted.admitted_s.max() - admitted.admitted_s.min() if len(admitted) > 1 else 0.0
-        if span > 0:
-            rates[client] = (admitted.engine_seconds / admitted.weight).sum() / span
-    tokens = (req.prompt_tokens + req.generated_tokens).sum()
+def figures(summary: dict) -> dict:
+    """Throughput, mean TTFT and the three Jain figures of one run, as the audit reports them."""
+    fair = summary["fairness"]
     return {
-        "throughput": tokens / req.finish_s.max(),
-        "ttft": float((req.first_token_s - req.arrival_s).mean()),
-        "jain_ttft": jain(ttft),
-        "jain_resource": jain(list(rates.values())) if rates else float("nan"),
+        "throughput": summary["throughput"]["tokens_per_s"],
+        "ttft": summary["latency"]["ttft"]["mean"],
+        "jain": fair["jain"],
+        "jain_ttft": fair["jain_ttft"],
+        "jain_resource": fair["jain_resource"],
     }
+
+
+def knob(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    return name, float(value)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--knob", type=knob, action="append", default=[], metavar="NAME=VALUE",
+                        help="an Equinox knob other than its default (repeatable)")
     args = parser.parse_args()
+    knobs = EquinoxKnobs(**dict(args.knob))
     sharegpt = args.data / "sharegpt/ShareGPT_V3_unfiltered_cleaned_split.first2000.json"
     cases = {"lmsys": (load_workload("lmsys"), "vtc-a10g-llama2-7b")}
     if sharegpt.exists():
@@ -67,9 +59,9 @@ def main() -> None:
         cases["sharegpt"] = (table, "a100-llama2-7b")
     with tempfile.TemporaryDirectory() as tmp:
         for name, (table, preset) in cases.items():
-            runs = replay(table, ["fcfs", "vtc", "equinox"], Path(tmp) / name, workload_name=name, preset=preset)
-            summary = {r["name"]: r for r in audit(runs).runs}
-            got = {run.name: {**figures(run), "jain": summary[run.name]["fairness"]["jain"]} for run in runs}
+            runs = replay(table, ["fcfs", "vtc", "equinox"], Path(tmp) / name, workload_name=name, preset=preset,
+                          equinox=knobs)
+            got = {r["name"]: figures(r) for r in audit(runs).runs}
             bound = check_run(runs[2])
             e, v = got["equinox"], got["vtc"]
             print(f"{name} ({preset}): bound held {bound['held']} {bound['pair_difference']} <= {bound['bound']}")

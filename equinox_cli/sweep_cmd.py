@@ -31,7 +31,7 @@ def sweep(
         "--grid",
         "-g",
         help="KNOB=V1,V2,... (repeat for more knobs): alpha, beta, "
-        "gamma, q_min, kappa, kappa_r, residency, quantile, ttft_slo_s, tpot_slo_s, budget_min, budget_max, "
+        "gamma, q_min, kappa, kappa_r, residency, quantile, overcommit, ttft_slo_s, tpot_slo_s, budget_min, budget_max, "
         "utilization_target.",
     ),
     seed: List[str] = typer.Option(

@@ -56,6 +56,7 @@ UFC, RFC = 0, 1  # the rows of the counters
 WINDOW = 5  # moving average of output lengths, as VTC-predict
 HISTORY = 20  # outputs kept per client for its quantile
 EMA = 0.05  # smoothing of measured step terms
+OVERCOMMIT_STEP = 0.02  # additive increase of memory-aware admission's overcommit, per completion
 LATENCY_EMA = 0.2  # smoothing of each client's (log) latency
 INF = float("inf")
 
@@ -70,10 +71,11 @@ class EquinoxKnobs:
     tpot_slo_s: float = 0.1  # time-per-output-token SLO (latency factor and budget)
     kappa: float = 1.0  # the guard on UFC, in units of U (inf: off)
     kappa_r: float | None = None  # the guard on RFC, in units of R (None: kappa)
-    residency: float = 1.0  # lambda: engine-seconds of holding the whole KV cache for one second
+    residency: float = 0.0  # lambda: engine-seconds of holding the whole KV cache for one second
     skip: bool = True  # a head that does not fit is skipped for the next eligible one that does
     memory_aware: bool = True  # admit only while prompts + predicted outputs (quantile) fit the KV cache
     quantile: float = 0.7  # of the predicted output, for memory-aware admission
+    overcommit: float = 0.5  # the most memory-aware admission lets the future KV peak exceed the cache by (a share)
     adaptive_budget: bool = True  # adapt the step token budget
     budget_min: int = 256
     budget_max: int = 8192
@@ -86,6 +88,8 @@ class EquinoxKnobs:
             raise ValueError("alpha, beta, gamma, kappa, residency must be >= 0 and alpha + beta > 0")
         if not 0 < self.q_min <= 1:
             raise ValueError("q_min must be in (0, 1]")
+        if not self.overcommit >= 0:
+            raise ValueError("overcommit must be >= 0")
         if not 0 < self.quantile < 1:
             raise ValueError("quantile must be in (0, 1)")
         if self.ttft_slo_s <= 0 or self.tpot_slo_s <= 0:
@@ -144,8 +148,13 @@ class Equinox(ClientQueues):
         self._min_weight = INF
         self._max_request = 0.0
         self.max_spread = [0.0, 0.0]  # the largest UFC and RFC spreads over backlogged clients logged
-        # Memory-aware admission: KV tokens reserved by the running requests, and their number.
-        self._reserved = 0.0
+        # Memory-aware admission: the running requests' future peak of KV tokens (``Charges.peak_kv``;
+        # None: recompute, as a step, a completion or a preemption moved it), and their number.
+        self._peak: float | None = 0.0
+        self._peak_loose = False  # _peak is an upper bound (admissions since it was computed)
+        # How far the peak may pass the cache, adapted as TCP adapts its window: up by OVERCOMMIT_STEP
+        # at a completion while memory holds back the lowest-HF head, back to 0 at every preemption.
+        self._overcommit = 0.0
         self._running = 0
         self._next_log = 0.0
         self.trajectory = Trajectory(self._counters.names)
@@ -153,9 +162,10 @@ class Equinox(ClientQueues):
         # per client column: its head's pending tokens and the KV tokens it would reserve
         self._head_pending = np.zeros(0, dtype=np.int64)
         self._head_memory = np.zeros(0)
-        # Per-step charging, a budget or latency terms that move between steps need every step.
+        # Per-step charging, a budget, latency terms or a memory peak that move between steps need every step.
         self.exact_under_fast_forward = (
             knobs.beta == 0 and knobs.gamma == 0 and knobs.kappa == INF and not knobs.adaptive_budget
+            and not knobs.memory_aware  # (its future peak is recomputed after the steps that admitted)
         )
 
     def bind_engine(self, cost_model=None, kv_capacity_tokens: float | None = None) -> None:
@@ -282,7 +292,9 @@ class Equinox(ClientQueues):
         if slot is not None:  # preempted: its KV is gone (recomputed when it resumes)
             c = self._charges
             c.context[slot] = 0.0
-            self._reserved -= c.reserve[slot]
+            c.running[slot] = False
+            self._overcommit = 0.0
+            self._peak = None
             self._running -= 1
 
     def _resumed(self, req: Request) -> None:
@@ -291,7 +303,8 @@ class Equinox(ClientQueues):
             if self._forget is not None:  # never charged: a drop (serving's abort)
                 self._forget(req)  # its prediction will not be needed
             return
-        self._reserved += self._charges.reserve[slot]
+        self._charges.running[slot] = True
+        self._peak = None
         self._running += 1
 
     def _lift(self, i: int) -> None:
@@ -304,10 +317,22 @@ class Equinox(ClientQueues):
         return None if best is None else self._queues[self._counters.names[best[0]]][0]
 
     def _memory_room(self) -> float:
-        """KV tokens a new admission may reserve (inf: memory-aware admission is off or nothing runs)."""
+        """KV tokens a new admission may reserve (inf: memory-aware admission is off or nothing runs):
+        the cache less the running requests' future peak.  A request reserving ``m`` tokens raises
+        that peak by at most ``m``, so admitting it while ``m <= room`` keeps the peak within the cache."""
         if not self.knobs.memory_aware or self.kv_capacity is None or not self._running:
             return INF
-        return self.kv_capacity - self._reserved
+        if self._peak is None:
+            self._peak = self._charges.peak_kv()
+        return self.kv_capacity * (1.0 + self._overcommit) - self._peak
+
+    def _memory_binds(self) -> bool:
+        """Whether memory-aware admission holds back the lowest-HF client's head now."""
+        room = self._memory_room()
+        if room == INF or not self.waiting:
+            return False
+        best = self._counters.smallest(self._coefficients()[0])
+        return best is not None and self._head_memory[best[0]] > room
 
     def select(self, fits) -> Request | None:
         """The lowest-HF eligible client's next request.  When it does not fit (the engine's room
@@ -448,7 +473,9 @@ class Equinox(ClientQueues):
         reserve = self._reservation(req) if k.memory_aware else 0.0
         values = (out_hat, q, ufc, rfc, 0.0, req.weight, prompt, 0.0, reserve)
         req.slot = self._charges.add(client, values)
-        self._reserved += reserve
+        if self._peak is not None:
+            self._peak += reserve  # an upper bound of the new peak, until the next step recomputes it
+            self._peak_loose = True
         self._running += 1
         self._add(req.client, ufc, rfc)
 
@@ -475,7 +502,7 @@ class Equinox(ClientQueues):
             grow = over > 0
             if grow.any():
                 c.reserve[slots[grow]] += over[grow]
-                self._reserved += float(over[grow].sum())
+                self._peak = None
         out_hat = c.out_hat[slots]
         beyond = generated > out_hat
         if not beyond.any() or not self.service.w_q:  # (w_q = 0: nothing to charge)
@@ -495,6 +522,9 @@ class Equinox(ClientQueues):
         """Split the step's measured time among its requests by the cost model, add residency,
         and charge RFC for what goes beyond each request's prediction."""
         total = int(tokens.sum())
+        if self._peak_loose:
+            self._peak, self._peak_loose = None, False
+
         if total:
             c = self._charges
             if slots.min() < 0:  # requests without a slot are not charged
@@ -598,7 +628,9 @@ class Equinox(ClientQueues):
         self._add(req.client, actual - float(c.ufc[slot]), rfc_actual - float(c.rfc[slot]))
         if rfc_actual > self._max_request:
             self._max_request = rfc_actual
-        self._reserved -= float(c.reserve[slot])
+        if self.knobs.overcommit and self._memory_binds():
+            self._overcommit = min(self.knobs.overcommit, self._overcommit + OVERCOMMIT_STEP)
+        self._peak = None
         self._running -= 1
         c.release(slot)
         req.slot = None

@@ -26,6 +26,7 @@ class Charges:
         self._columns = np.zeros((len(FLOATS), capacity))  # one row per name in FLOATS
         self._views()
         self.client = np.zeros(capacity, dtype=np.int64)  # the client's first-seen index
+        self.running = np.zeros(capacity, dtype=bool)  # admitted and holding KV (not preempted)
         self._free = list(range(capacity - 1, -1, -1))
 
     def _views(self) -> None:
@@ -39,11 +40,28 @@ class Charges:
             self._columns = np.concatenate((self._columns, np.zeros_like(self._columns)), axis=1)
             self._views()
             self.client = np.concatenate((self.client, np.zeros(n, dtype=np.int64)))
+            self.running = np.concatenate((self.running, np.zeros(n, dtype=bool)))
             self._free = list(range(2 * n - 1, n - 1, -1))
         slot = self._free.pop()
         self.client[slot] = client
         self._columns[:, slot] = values
+        self.running[slot] = True
         return slot
 
     def release(self, slot: int) -> None:
+        self.running[slot] = False
         self._free.append(slot)
+
+    def peak_kv(self) -> float:
+        """The most KV tokens the running requests will hold at once if each grows to its
+        reservation and then frees its KV: each holds ``max(context, prompt)`` now and grows a token
+        a step for ``reserve - that`` more steps.  With ``r`` sorted from longest to shortest, the
+        ``k`` longest still run when the ``k``-th finishes, holding ``sum(held[:k]) + k * r[k]``."""
+        slots = np.flatnonzero(self.running)
+        if not len(slots):
+            return 0.0
+        held = np.maximum(self.context[slots], self.prompt[slots])
+        remaining = np.maximum(self.reserve[slots] - held, 0.0)
+        order = np.argsort(-remaining, kind="stable")
+        r = remaining[order]
+        return float((np.cumsum(held[order]) + np.arange(1, len(r) + 1) * r).max())

@@ -12,6 +12,7 @@ from engine.simulator import EngineConfig, Simulator
 from reports import metrics as m
 from reports.audit import audit
 from schedulers import Equinox, EquinoxKnobs, make_policy
+from schedulers.equinox import OVERCOMMIT_STEP
 from traces import load_workload, synthesize
 
 VTC_LIKE = EquinoxKnobs(
@@ -113,12 +114,12 @@ def test_the_guard_keeps_choices_within_kappa_units_of_the_smallest_counters():
 
 
 def test_memory_aware_admission_reserves_the_quantile_output():
-    p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle", kappa=float("inf")))
+    p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle", kappa=float("inf"), overcommit=0.0))
     p.bind_engine(kv_capacity_tokens=1000)
     first = req(0, "a", prompt=300, output=300)
     p.on_arrival(first, 0.0)
     assert p.select(Threshold(10**9)) is first  # nothing runs: always admitted
-    p.admit(first, 0.0, resumed=False)  # reserves 300 + 300 of the 1,000 tokens
+    p.admit(first, 0.0, resumed=False)  # will hold 300 + 300 of the 1,000 tokens
     big, small = req(1, "b", prompt=300, output=200), req(2, "c", prompt=100, output=200)
     p.on_arrival(big, 0.0)
     p.on_arrival(small, 0.0)
@@ -128,9 +129,49 @@ def test_memory_aware_admission_reserves_the_quantile_output():
     # a grows past its quantile: its reservation follows (300 + 301 tokens), 399 left
     first.generated = 301
     p.on_tokens([first], 1)
-    assert p._reserved == 601
+    assert p._memory_room() == 399
     p.on_finish(first, 1.0)
-    assert p._reserved == 0 and p.select(Threshold(10**9)) is big
+    assert p.select(Threshold(10**9)) is big
+
+
+def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservations():
+    # a holds 500 tokens with 100 to go; b holds 100 with 400 to go.  Their reservations sum to
+    # 1,100, but a finishes first: the most they hold at once is at a's last token, 600 + 200 = 800.
+    def policy(overcommit):
+        p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle", kappa=float("inf"), overcommit=overcommit))
+        p.bind_engine(kv_capacity_tokens=1000)
+        a, b = req(0, "a", prompt=500, output=100), req(1, "b", prompt=100, output=400)
+        for r in (a, b):
+            p.on_arrival(r, 0.0)
+            p.admit(r, 0.0, resumed=False)
+        p.on_step(0.0, 0.01, [(a, 500), (b, 100)])
+        return p
+    assert policy(0.0)._memory_room() == 200  # 1,000 - 800
+    p = policy(0.0)
+    fits, too_big = req(2, "c", prompt=150, output=50), req(3, "d", prompt=150, output=51)
+    p.on_arrival(too_big, 0.0)
+    assert p.select(Threshold(10**9)) is None  # 201 tokens: over the 200 left
+    p.on_arrival(fits, 0.0)
+    assert p.select(Threshold(10**9)) is fits
+
+
+
+def test_memory_aware_overcommit_grows_while_memory_binds_and_resets_at_a_preemption():
+    p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle", kappa=float("inf"), overcommit=0.5))
+    p.bind_engine(kv_capacity_tokens=1000)
+    a, b = req(0, "a", prompt=500, output=100), req(1, "b", prompt=100, output=400)
+    for r in (a, b):
+        p.on_arrival(r, 0.0)
+        p.admit(r, 0.0, resumed=False)
+    p.on_step(0.0, 0.01, [(a, 500), (b, 100)])
+    assert p._memory_room() == 200  # it starts at no overcommit: 1,000 - 800
+    p.on_arrival(req(2, "c", prompt=150, output=100), 0.0)
+    assert p.select(Threshold(10**9)) is None  # memory holds c back ...
+    a.generated = 100
+    p.on_finish(a, 1.0)  # ... so a completion raises the overcommit by OVERCOMMIT_STEP
+    assert p._memory_room() == pytest.approx(1000 * (1 + OVERCOMMIT_STEP) - 500)  # b alone: 100 + 400
+    p.requeue(b)  # a preemption: back to none
+    assert p._overcommit == 0.0
 
 
 def test_adaptive_budget_grows_when_it_binds_under_the_slo_and_shrinks_over_it():

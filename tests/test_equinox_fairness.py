@@ -39,8 +39,9 @@ def test_engine_seconds_split_every_step_among_its_requests():
     assert requests.engine_seconds[0] == pytest.approx(first.duration_s.sum(), rel=1e-12)
 
 
-def long_and_short(n_long=60, seconds=60.0, long_prompt=3072, short_prompt=384, output=512):
-    """Two clients with equal token rates; one's prompts are 8x the other's."""
+def long_and_short(n_long=60, seconds=60.0, long_prompt=32768, short_prompt=4096, output=256):
+    """Two clients with equal token rates; one's prompts are 8x the other's (32k vs 4k tokens: long
+    enough that attention and KV reads, not the weight read, set what a token costs)."""
     rng = np.random.default_rng(0)
     rate_long = n_long / seconds
     rate_short = rate_long * (long_prompt + output) / (short_prompt + output)
@@ -57,12 +58,15 @@ def test_equinox_gives_the_long_context_client_fewer_engine_seconds_than_vtc():
     table = long_and_short()
     seconds = {}
     for spec in ("vtc", "equinox"):
-        requests, _, _ = simulate(table, spec)
+        requests, _, _ = simulate(table, spec, preset="h100-llama3.1-8b")
         both = requests.groupby("client_id").admitted_s.max().min()  # both backlogged until about here
         served = requests[requests.finish_s <= 0.8 * both]
         seconds[spec] = served.groupby("client_id").engine_seconds.sum()
-    assert seconds["equinox"]["long"] < 0.97 * seconds["vtc"]["long"]
+    # VTC's equal tokens give the long-context client twice the short one's engine time (measured:
+    # 139 vs 67 s, Jain 0.89); Equinox's RFC equalises engine-seconds.
+    assert seconds["equinox"]["long"] < 0.8 * seconds["vtc"]["long"]
     assert jain(seconds["equinox"]) >= 0.95
+    assert jain(seconds["vtc"]) <= jain(seconds["equinox"]) - 0.05
 
 
 def test_gamma_moves_per_client_ttft_equality_on_the_lmsys_trace():

@@ -116,7 +116,7 @@ def test_fast_forward_equals_step_by_step_for_equinox_with_one_counter(monkeypat
     moves whole stretches, and changes nothing."""
     from schedulers import Equinox, EquinoxKnobs
 
-    knobs = EquinoxKnobs(alpha=1.0, beta=0.0, gamma=0.0, kappa=float("inf"), adaptive_budget=False)
+    knobs = EquinoxKnobs(alpha=1.0, beta=0.0, gamma=0.0, kappa=float("inf"), adaptive_budget=False, memory_aware=False)
     assert Equinox(knobs).exact_under_fast_forward
     stretches = []
     original = Simulator._stretch
