@@ -216,9 +216,13 @@ def metrics(run: Path, scheduler: str) -> dict:
     eq = summary.get("equinox_bound")
     # Equinox's own bound is on its counters (UFC and RFC, docs/EQUINOX.md), not on service; a guard
     # that is off (kappa = inf, written as null) bounds nothing, and VTC's bound stands in.
-    ratios = [eq["pair_difference"][k] / eq["bound"][k] for k in ("ufc", "rfc") if eq and eq["bound"].get(k)]
-    if ratios:
-        out["diff_over_bound"] = max(ratios)
+    # Its UFC side is the guarantee (the RFC side cannot be kept beside it when clients' engine time per
+    # token differs, docs/EQUINOX.md); the RFC side is recorded as diff_rfc_over_bound.
+    if eq and eq["bound"].get("ufc"):
+        out["diff_over_bound"] = eq["pair_difference"]["ufc"] / eq["bound"]["ufc"]
+    out["diff_rfc_over_bound"] = (
+        eq["pair_difference"]["rfc"] / eq["bound"]["rfc"] if eq and eq["bound"].get("rfc") else None
+    )
     # Utilization, honestly: useful tokens exclude recomputation after preemption and cached prompt tokens.
     busy = steps[steps.busy]
     computed = float((busy.prefill_tokens + busy.decode_tokens).sum())
@@ -368,7 +372,8 @@ def figures(results: pd.DataFrame, ladder: list[dict], out: Path) -> list[str]:
             df = results[results.workload == w]
             vals = [ratio_stat(df, ladder_key(i, r), "vtc@slora", axis) for i, r in rows]
             mean = [v[0] if v else np.nan for v in vals]
-            err = [[v[0] - v[1] if v else 0 for v in vals], [v[2] - v[0] if v else 0 for v in vals]]
+            # min <= mean <= max, but a mean of equal values can round a hair outside them
+            err = [[max(0.0, v[0] - v[1]) if v else 0 for v in vals], [max(0.0, v[2] - v[0]) if v else 0 for v in vals]]
             ax.bar(np.arange(len(rows)) + j * width, mean, width, yerr=err, label=w, capsize=1)
         ax.axhline(1, color="k", lw=0.6)
         ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2)
@@ -487,10 +492,13 @@ def claims(results: pd.DataFrame, ladder: list[dict]) -> list[str]:
     worst = results[results.key == "equinox"].diff_over_bound.max()
     vtc_worst = results[results.key == "vtc"].diff_over_bound.max()
     eq_service = results[results.key == "equinox"].diff_over_vtc_bound.max()
+    rfc_worst = results[results.key == "equinox"].diff_rfc_over_bound.max()
     text += ["### Bounded discrepancy", "",
              f"**{'reached' if worst <= 1 else 'missed'}** in Equinox's own counter units: its largest pair "
-             f"difference of UFC or RFC over its guard's bound (docs/EQUINOX.md), worst over workloads and seeds, "
-             f"{worst:.2f} (VTC: service difference over VTC's bound, {vtc_worst:.2f}). In service units Equinox "
+             f"difference of UFC over its guard's bound (docs/EQUINOX.md), worst over workloads and seeds, "
+             f"{worst:.2f} (VTC: service difference over VTC's bound, {vtc_worst:.2f}). The RFC side, which no "
+             f"rule can keep beside the UFC one when clients' engine time per token differs, reaches "
+             f"{rfc_worst:.2f} of its bound at worst. In service units Equinox "
              f"reaches {eq_service:.2f} of VTC's bound at worst: with gamma > 0 its UFC discounts late requests' "
              "service, so an equal UFC is not an equal service.", ""]  # fmt: skip
     return text
@@ -545,13 +553,13 @@ def main() -> None:
                     print(f"  {i + 1}/{len(tasks)} replays, {time.perf_counter() - started:.0f} s", flush=True)
     results = pd.DataFrame(records)
     args.out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(args.out / "results.csv", index=False, float_format="%.6g")
     for stale in args.out.glob("*.png"):
         stale.unlink()
     images = figures(results, ladder, args.out)
     elapsed = time.perf_counter() - started
     doc = document(args, results, ladder, images, elapsed, len(tasks))
     (args.out / "README.md").write_text("\n".join(doc) + "\n")
-    results.to_csv(args.out / "results.csv", index=False, float_format="%.6g")
     print("\n".join(doc))
 
 
@@ -604,8 +612,8 @@ def document(args, results, ladder, images, elapsed, n_runs) -> list[str]:
         "Axes: tokens/s (prompt + output) and output tokens/s; mean and p99 TTFT; Jain's index over per-client "
         "backlogged service rate, mean TTFT and engine-seconds per weight (the audit's `fairness.jain`, "
         "`jain_ttft`, `jain_resource`); the max pair service difference over the scheduler's own bound "
-        "(DLPM: 2(Q + w_p L + w_q M)/w_min; Equinox: the audit's Equinox bound when it reports one, else "
-        "VTC's; FCFS has none and is shown against VTC's); busy fraction; useful MFU (the audit's MFU times "
+        "(DLPM: 2(Q + w_p L + w_q M)/w_min; Equinox: its UFC pair difference over the UFC side of the audit's "
+        "Equinox bound when it reports one, else VTC's; FCFS has none and is shown against VTC's); busy fraction; useful MFU (the audit's MFU times "
         "the share of computed tokens that were neither recomputed after preemption nor cached); recompute "
         "fraction; time-weighted KV-cache and batch occupancy (running / max sequences).",
         "",

@@ -55,6 +55,7 @@ from schedulers.trajectory import Trajectory
 UFC, RFC = 0, 1  # the rows of the counters
 WINDOW = 5  # moving average of output lengths, as VTC-predict
 HISTORY = 20  # outputs kept per client for its quantile
+TRUSTED_HISTORY = 10  # outputs after which a client's own quantile caps the predictor's
 EMA = 0.05  # smoothing of measured step terms
 OVERCOMMIT_STEP = 0.02  # additive increase of memory-aware admission's overcommit, per completion
 LATENCY_EMA = 0.2  # smoothing of each client's (log) latency
@@ -406,9 +407,12 @@ class Equinox(ClientQueues):
         (the request's own central prediction before any history)."""
         if self.knobs.lengths == "oracle":
             return float(req.output_tokens)
-        if self._quantile_of is not None:
-            return float(self._quantile_of(req, self.knobs.quantile))
         known = self._quantiles.get(req.client)
+        if self._quantile_of is not None:
+            predicted = float(self._quantile_of(req, self.knobs.quantile))
+            if known is not None and len(self._history[req.client]) >= TRUSTED_HISTORY:
+                return min(predicted, known)  # a predictor out of its domain over-reserves (see docs/EQUINOX.md)
+            return predicted
         return known if known is not None else self._average.get(req.client, float(req.output_tokens))
 
     def _reservation(self, req: Request) -> float:
@@ -636,7 +640,7 @@ class Equinox(ClientQueues):
         req.slot = None
         old = self._average.get(req.client)
         self._average[req.client] = req.generated if old is None else (old * (WINDOW - 1) + req.generated) / WINDOW
-        if self.knobs.memory_aware and self._quantile_of is None:
+        if self.knobs.memory_aware:
             history = self._history.get(req.client)
             if history is None:
                 history = self._history[req.client] = deque(maxlen=HISTORY)
