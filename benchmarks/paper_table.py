@@ -613,8 +613,9 @@ def document(args, results, ladder, images, elapsed, n_runs) -> list[str]:
         "backlogged service rate, mean TTFT and engine-seconds per weight (the audit's `fairness.jain`, "
         "`jain_ttft`, `jain_resource`); the max pair service difference over the scheduler's own bound "
         "(DLPM: 2(Q + w_p L + w_q M)/w_min; Equinox: its UFC pair difference over the UFC side of the audit's "
-        "Equinox bound when it reports one, else VTC's; FCFS has none and is shown against VTC's); busy fraction; useful MFU (the audit's MFU times "
-        "the share of computed tokens that were neither recomputed after preemption nor cached); recompute "
+        "Equinox bound when it reports one, else VTC's; FCFS has none and is shown against VTC's); busy "
+        "fraction; useful MFU (the audit's MFU times the share of computed tokens that were neither "
+        "recomputed after preemption nor cached); recompute "
         "fraction; time-weighted KV-cache and batch occupancy (running / max sequences).",
         "",
     ]
