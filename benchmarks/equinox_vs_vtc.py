@@ -48,8 +48,14 @@ def knob(text: str) -> tuple[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--knob", type=knob, action="append", default=[], metavar="NAME=VALUE",
-                        help="an Equinox knob other than its default (repeatable)")
+    parser.add_argument(
+        "--knob",
+        type=knob,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an Equinox knob other than its default (repeatable)",
+    )
     args = parser.parse_args()
     knobs = EquinoxKnobs(**dict(args.knob))
     sharegpt = args.data / "sharegpt/ShareGPT_V3_unfiltered_cleaned_split.first2000.json"
@@ -59,8 +65,9 @@ def main() -> None:
         cases["sharegpt"] = (table, "a100-llama2-7b")
     with tempfile.TemporaryDirectory() as tmp:
         for name, (table, preset) in cases.items():
-            runs = replay(table, ["fcfs", "vtc", "equinox"], Path(tmp) / name, workload_name=name, preset=preset,
-                          equinox=knobs)
+            runs = replay(
+                table, ["fcfs", "vtc", "equinox"], Path(tmp) / name, workload_name=name, preset=preset, equinox=knobs
+            )
             got = {r["name"]: figures(r) for r in audit(runs).runs}
             bound = check_run(runs[2])
             e, v = got["equinox"], got["vtc"]

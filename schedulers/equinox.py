@@ -165,7 +165,10 @@ class Equinox(ClientQueues):
         self._head_memory = np.zeros(0)
         # Per-step charging, a budget, latency terms or a memory peak that move between steps need every step.
         self.exact_under_fast_forward = (
-            knobs.beta == 0 and knobs.gamma == 0 and knobs.kappa == INF and not knobs.adaptive_budget
+            knobs.beta == 0
+            and knobs.gamma == 0
+            and knobs.kappa == INF
+            and not knobs.adaptive_budget
             and not knobs.memory_aware  # (its future peak is recomputed after the steps that admitted)
         )
 

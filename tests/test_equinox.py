@@ -146,6 +146,7 @@ def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservatio
             p.admit(r, 0.0, resumed=False)
         p.on_step(0.0, 0.01, [(a, 500), (b, 100)])
         return p
+
     assert policy(0.0)._memory_room() == 200  # 1,000 - 800
     p = policy(0.0)
     fits, too_big = req(2, "c", prompt=150, output=50), req(3, "d", prompt=150, output=51)
@@ -153,7 +154,6 @@ def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservatio
     assert p.select(Threshold(10**9)) is None  # 201 tokens: over the 200 left
     p.on_arrival(fits, 0.0)
     assert p.select(Threshold(10**9)) is fits
-
 
 
 def test_memory_aware_overcommit_grows_while_memory_binds_and_resets_at_a_preemption():
