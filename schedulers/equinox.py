@@ -153,6 +153,7 @@ class Equinox(ClientQueues):
         # None: recompute, as a step, a completion or a preemption moved it), and their number.
         self._peak: float | None = 0.0
         self._peak_loose = False  # _peak is an upper bound (admissions since it was computed)
+        self._reserved = 0.0  # the sum of the running requests' reservations: a bound on the peak
         # How far the peak may pass the cache, adapted as TCP adapts its window: up by OVERCOMMIT_STEP
         # at a completion while memory holds back the lowest-HF head, back to 0 at every preemption.
         self._overcommit = 0.0
@@ -297,6 +298,7 @@ class Equinox(ClientQueues):
             c = self._charges
             c.context[slot] = 0.0
             c.running[slot] = False
+            self._reserved -= c.reserve[slot]
             self._overcommit = 0.0
             self._peak = None
             self._running -= 1
@@ -308,6 +310,7 @@ class Equinox(ClientQueues):
                 self._forget(req)  # its prediction will not be needed
             return
         self._charges.running[slot] = True
+        self._reserved += self._charges.reserve[slot]
         self._peak = None
         self._running += 1
 
@@ -330,13 +333,21 @@ class Equinox(ClientQueues):
             self._peak = self._charges.peak_kv()
         return self.kv_capacity * (1.0 + self._overcommit) - self._peak
 
+    def _memory_fits(self, need: float) -> bool:
+        """Whether a head reserving ``need`` tokens fits: ``need <= _memory_room()``, tried first
+        against the sum of the reservations (a bound on the peak) to spare computing the peak."""
+        if not self.knobs.memory_aware or self.kv_capacity is None or not self._running:
+            return True
+        if need <= self.kv_capacity * (1.0 + self._overcommit) - self._reserved:
+            return True
+        return need <= self._memory_room()
+
     def _memory_binds(self) -> bool:
         """Whether memory-aware admission holds back the lowest-HF client's head now."""
-        room = self._memory_room()
-        if room == INF or not self.waiting:
+        if not self.waiting:
             return False
         best = self._counters.smallest(self._coefficients()[0])
-        return best is not None and self._head_memory[best[0]] > room
+        return best is not None and not self._memory_fits(self._head_memory[best[0]])
 
     def select(self, fits) -> Request | None:
         """The lowest-HF eligible client's next request.  When it does not fit (the engine's room
@@ -350,14 +361,14 @@ class Equinox(ClientQueues):
         first = best[0]
         names = counters.names
         caps = self._caps()
-        room = self._memory_room()
         eligible = caps is None or (counters.value(first, UFC) <= caps[0] and counters.value(first, RFC) <= caps[1])
         if eligible:
             req = self._queues[names[first]][0]
-            if (room == INF or self._head_memory[first] <= room) and fits(req):
+            if self._memory_fits(self._head_memory[first]) and fits(req):
                 return req
             if not self.knobs.skip:
                 return None
+        room = self._memory_room()
         limit = getattr(fits, "max_pending", None)
         if limit is not None:  # in array operations
             if self.knobs.skip:
@@ -480,6 +491,7 @@ class Equinox(ClientQueues):
         reserve = self._reservation(req) if k.memory_aware else 0.0
         values = (out_hat, q, ufc, rfc, 0.0, req.weight, prompt, 0.0, reserve)
         req.slot = self._charges.add(client, values)
+        self._reserved += reserve
         if self._peak is not None:
             self._peak += reserve  # an upper bound of the new peak, until the next step recomputes it
             self._peak_loose = True
@@ -509,6 +521,7 @@ class Equinox(ClientQueues):
             grow = over > 0
             if grow.any():
                 c.reserve[slots[grow]] += over[grow]
+                self._reserved += float(over[grow].sum())
                 self._peak = None
         out_hat = c.out_hat[slots]
         beyond = generated > out_hat
@@ -637,6 +650,7 @@ class Equinox(ClientQueues):
             self._max_request = rfc_actual
         if self.knobs.overcommit and self._memory_binds():
             self._overcommit = min(self.knobs.overcommit, self._overcommit + OVERCOMMIT_STEP)
+        self._reserved -= float(c.reserve[slot])
         self._peak = None
         self._running -= 1
         c.release(slot)
