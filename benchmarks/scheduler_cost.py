@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from engine.replay import replay  # noqa: E402
-from engine.request import Request  # noqa: E402
 from predictors import load_bundle, train  # noqa: E402
 from schedulers import EquinoxKnobs, Policy, make_policy  # noqa: E402
+from traces.request import Request  # noqa: E402
 from traces.schema import make_table  # noqa: E402
 
 WAITING = 100_000

@@ -29,11 +29,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.cost_model import decode_split, request_seconds, step_split
+from engine.cost_model import StepCost, decode_split, request_seconds, step_split
 from engine.prefix_cache import PrefixCache, block_keys
-from engine.request import Request
-from engine.results import EXCEEDS_KV, RATE_LIMIT, REQUEST_SCHEMA, STEP_SCHEMA, TOO_LONG, outcome_columns
+from engine.results import outcome_columns
 from schedulers.base import Policy
+from traces.request import Request
+from traces.result_schemas import EXCEEDS_KV, RATE_LIMIT, REQUEST_SCHEMA, STEP_SCHEMA, TOO_LONG
 from traces.schema import column_lists
 
 MAX_STRETCH = 4096
@@ -292,7 +293,7 @@ class Simulator:
         self._es = np.zeros(len(reqs))
         bind = getattr(self.policy, "bind_engine", None)
         if bind is not None:  # what an engine-aware policy (Equinox) reads: step costs, KV capacity
-            bind(cost_model=self.cost, kv_capacity_tokens=cfg.total_blocks * cfg.block_size)
+            bind(cost_model=StepCost(self.cost), kv_capacity_tokens=cfg.total_blocks * cfg.block_size)
         # The request objects live as long as the replay: keep the collector from walking them
         # again and again (a million of them make every full collection long), as vLLM does.
         # A process that froze its heap itself (a vLLM server) keeps it frozen.

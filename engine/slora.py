@@ -39,9 +39,10 @@ from typing import Callable
 
 import pyarrow as pa
 
-from engine.request import Request
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA, outcome_columns
+from engine.results import outcome_columns
 from schedulers.base import Policy
+from traces.request import Request
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA
 from traces.schema import column_lists
 
 INF = float("inf")

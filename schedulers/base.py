@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from engine.request import Request
+from traces.request import Request
 
 
 @dataclass(frozen=True)

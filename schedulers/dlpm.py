@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.request import Request
 from schedulers.client_queues import ClientQueues
+from traces.request import Request
 
 DEFAULT_QUANTUM = 2048.0  # service units per refill (a 2,048-token prompt, or 1,024 output tokens)
 LPM_DEPTH = 32  # requests of each client's queue whose cached prefix a decision looks up

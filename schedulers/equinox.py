@@ -11,7 +11,7 @@
   than is typical costs its client less, so that client is served sooner: ``gamma`` trades
   service-rate equality (0: ``q = 1``, VTC's counter) against latency equality.
 * **RFC**, the Resource Fairness Counter: engine-seconds.  Each step's measured time is split
-  among its requests by the cost model (``engine.cost_model.step_split``: a prefill chunk's
+  among its requests by the cost model (``bind_engine``'s ``split``: a prefill chunk's
   linear FLOPs and attention over its context, a decode's share of the weight read and its own
   KV read), plus KV residency ``residency * duration * kv_tokens / kv_capacity``; prompt tokens
   the engine did not compute (a prefix-cache hit) are in no step and cost nothing.  At
@@ -45,12 +45,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from engine.cost_model import request_seconds, step_split
-from engine.request import Request
 from schedulers.client_queues import ClientQueues
 from schedulers.counters import ClientCounters
 from schedulers.equinox_charges import Charges
 from schedulers.trajectory import Trajectory
+from traces.request import Request
 
 UFC, RFC = 0, 1  # the rows of the counters
 WINDOW = 5  # moving average of output lengths, as VTC-predict
@@ -164,13 +163,17 @@ class Equinox(ClientQueues):
         self._head_memory = np.zeros(0)
         # Per-step charging, a budget, latency terms or a memory peak that move between steps need every step.
         self.exact_under_fast_forward = (
-            knobs.beta == 0 and knobs.gamma == 0 and knobs.kappa == INF and not knobs.adaptive_budget
+            knobs.beta == 0
+            and knobs.gamma == 0
+            and knobs.kappa == INF
+            and not knobs.adaptive_budget
             and not knobs.memory_aware  # (its future peak is recomputed after the steps that admitted)
         )
 
     def bind_engine(self, cost_model=None, kv_capacity_tokens: float | None = None) -> None:
-        """The engine's step-time model (splits each step's time) and KV capacity in tokens (the
-        guard's U, memory-aware admission, residency)."""
+        """The engine's step costs (``split(prefill_tokens, pairs, decodes, decode_kv, requests)`` and
+        ``request_seconds(split, tokens, context, decoding)``: ``engine.cost_model.StepCost``) and
+        KV capacity in tokens (the guard's U, memory-aware admission, residency)."""
         self.cost_model = cost_model
         self.kv_capacity = kv_capacity_tokens
 
@@ -571,8 +574,8 @@ class Equinox(ClientQueues):
             prefill_tokens = int(chunks.sum())
             pairs = float((chunks * (before + (chunks + 1) / 2)).sum())
             decode_kv = float(context[decoding].sum()) + n_decode
-        split = step_split(cost, prefill_tokens, pairs, n_decode, decode_kv, m)
-        shares = request_seconds(split, tokens, context, decoding)
+        split = cost.split(prefill_tokens, pairs, n_decode, decode_kv, m)
+        shares = cost.request_seconds(split, tokens, context, decoding)
         modelled = float(shares.sum())
         scale = duration_s / modelled if modelled > 0 else 0.0
         pt, dt, pair, kv, pr, dr = split

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.request import Request
 from schedulers.client_queues import ClientQueues
 from schedulers.counters import ClientCounters
+from traces.request import Request
 
 
 class VTC(ClientQueues):

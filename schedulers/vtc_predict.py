@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.request import Request
 from schedulers.vtc import VTC
+from traces.request import Request
 
 WINDOW = 5
 

@@ -1,7 +1,7 @@
 """The engine-side half of the vLLM adapter, free of vLLM: our policy objects as a waiting queue.
 
 ``PolicyBridge`` keeps, for every request a real engine hands it, a mirror
-``engine.request.Request`` (the object our policies know) and drives the policy the way the
+``traces.request.Request`` (the object our policies know) and drives the policy the way the
 simulator does:
 
 * queue operations (``arrive``, ``peek``, ``pop``, ``prepend``, ``remove``, ``preempted``) map
@@ -30,11 +30,11 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
-from engine.request import Request
-from engine.results import REQUEST_SCHEMA
 from schedulers import EquinoxKnobs, ServiceWeights, make_policy, run_name
 from schedulers.base import Policy
 from serving.logs import RunLog
+from traces.request import Request
+from traces.result_schemas import REQUEST_SCHEMA
 
 # Keys of a request's vLLM extra_args (the OpenAI body's ``vllm_xargs``) that the adapter reads.
 TENANT_KEY = "equinox_tenant"

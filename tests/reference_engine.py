@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from engine.cost_model import StepCost
 from engine.prefix_cache import block_keys
-from engine.request import Request
 from engine.simulator import EngineConfig, reject_reasons
+from traces.request import Request
 from traces.schema import column_lists
 
 
@@ -79,7 +80,7 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
     for i, req in enumerate(reqs):
         req.row = i
     if hasattr(policy, "bind_engine"):
-        policy.bind_engine(cost_model=cost, kv_capacity_tokens=config.total_blocks * bs)
+        policy.bind_engine(cost_model=StepCost(cost), kv_capacity_tokens=config.total_blocks * bs)
     running: list[Request] = []
     steps: list[tuple] = []
     now, nxt, step = 0.0, 0, 0

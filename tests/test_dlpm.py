@@ -7,13 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import LinearCost
 
-from engine.request import Request
 from engine.simulator import EngineConfig, Simulator
 from schedulers import make_policy, run_name
 from schedulers.dlpm import DLPM
 from traces import load_workload
 from traces.errors import InputError
 from traces.prefix_workloads import SystemPrompts, parse_system_prompts, prefix_reuse, with_prefix_hashes
+from traces.request import Request
 from traces.schema import make_table, workload_metadata
 
 

@@ -7,13 +7,13 @@ import pytest
 from conftest import LinearCost
 
 from engine.replay import replay
-from engine.request import Request
 from engine.simulator import EngineConfig, Simulator
 from reports import metrics as m
 from reports.audit import audit
 from schedulers import Equinox, EquinoxKnobs, make_policy
 from schedulers.equinox import OVERCOMMIT_STEP
 from traces import load_workload, synthesize
+from traces.request import Request
 
 VTC_LIKE = EquinoxKnobs(
     alpha=1, beta=0, gamma=0, kappa=float("inf"), skip=False, memory_aware=False, adaptive_budget=False

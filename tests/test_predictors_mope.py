@@ -19,13 +19,13 @@ import pytest
 
 import predictors
 from engine.replay import engine_config, replay
-from engine.request import Request
 from engine.simulator import Simulator
 from predictors.bundle import MANIFEST, MODELS, npz_bytes, save_bundle
 from predictors.text import CATEGORIES
 from predictors.training import CONSTANTS, load_logs, predict_requests, split
 from schedulers.vtc_predict import VTCPredict
 from traces.errors import InputError
+from traces.request import Request
 from traces.schema import make_table
 
 PRESET = "a100-llama2-7b"

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from engine.request import Request
 from schedulers import make_policy, run_name
 from traces.errors import InputError
+from traces.request import Request
 
 
 def req(i, client, prompt=10, output=10, weight=1.0, t=0.0):
