@@ -482,20 +482,12 @@ class Equinox(ClientQueues):
         self._running += 1
         self._add(req.client, ufc, rfc)
 
-    # The engine reports tokens and steps either per request (on_tokens, on_step) or as arrays of
-    # slots (the simulator); the per-request calls gather their requests' slots and take the same path.
-    array_feedback = True
-
-    def on_tokens(self, reqs, k: int) -> None:
-        slots = [-1 if req.slot is None else req.slot for req in reqs]
-        generated = [req.generated for req in reqs]
-        self.on_tokens_slots(np.array(slots, dtype=np.int64), np.array(generated, dtype=np.int64), None, k)
-
-    def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
+    def on_tokens(self, tokens, k: int) -> None:
         """Charge UFC for output tokens beyond the predicted length, as they come; grow the
         memory reservation of a request past its quantile."""
-        if not len(slots):
+        if not len(tokens):
             return
+        slots, generated = tokens.slots, tokens.generated
         c = self._charges
         if slots.min() < 0:  # requests without a slot are not charged
             mine = slots >= 0
@@ -516,14 +508,10 @@ class Equinox(ClientQueues):
         c.ufc[slots] += amount
         self._charge_clients(c.client[slots], amount, UFC)
 
-    def on_step(self, now: float, duration_s: float, batch: list) -> None:
-        slots = [-1 if req.slot is None else req.slot for req, _ in batch]
-        tokens = [n for _, n in batch]
-        self.on_step_slots(now, duration_s, np.array(slots, dtype=np.int64), np.array(tokens, dtype=np.int64))
-
-    def on_step_slots(self, now: float, duration_s: float, slots, tokens) -> None:
+    def on_step(self, now: float, duration_s: float, step) -> None:
         """Split the step's measured time among its requests by the cost model, add residency,
         and charge RFC for what goes beyond each request's prediction."""
+        slots, tokens = step.slots, step.tokens
         total = int(tokens.sum())
         if self._peak_loose:
             self._peak, self._peak_loose = None, False

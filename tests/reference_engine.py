@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from engine.cost_model import StepCost
+from engine.feedback import Step, Tokens
 from engine.prefix_cache import block_keys
 from engine.simulator import EngineConfig, reject_reasons
 from traces.request import Request
@@ -208,7 +209,7 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
                 prefill_tokens += n
                 pairs += n * (req.computed + (n + 1) / 2)
         dt = float(cost.step_time(prefill_tokens, pairs, decode_tokens, decode_kv, len(scheduled)))
-        policy.on_step(now, dt, [(r, n) for r, n in scheduled])
+        policy.on_step(now, dt, Step.of([(r, n) for r, n in scheduled]))
         end = now + dt
         produced, done = [], []
         for req, n in scheduled:
@@ -226,7 +227,7 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
             if req.generated >= req.output_tokens:
                 done.append(req)
         if produced:
-            policy.on_tokens(produced, 1)
+            policy.on_tokens(Tokens.of(produced), 1)
         for req in done:
             req.finish_s, req.status = end, "finished"
             release(req)
