@@ -22,7 +22,7 @@ import numpy as np
 
 
 def _slots(reqs) -> np.ndarray:
-    return np.fromiter((-1 if r.slot is None else r.slot for r in reqs), dtype=np.int64, count=len(reqs))
+    return np.array([-1 if r.slot is None else r.slot for r in reqs], dtype=np.int64)
 
 
 class Tokens:
@@ -71,15 +71,13 @@ class Tokens:
     @property
     def generated(self) -> np.ndarray:
         if self._generated is None:
-            reqs = self._requests
-            self._generated = np.fromiter((r.generated for r in reqs), dtype=np.int64, count=len(reqs))
+            self._generated = np.array([r.generated for r in self._requests], dtype=np.int64)
         return self._generated
 
     @property
     def weights(self) -> np.ndarray:
         if self._weights is None:
-            reqs = self._requests
-            self._weights = np.fromiter((r.weight for r in reqs), dtype=np.float64, count=len(reqs))
+            self._weights = np.array([r.weight for r in self._requests], dtype=np.float64)
         return self._weights
 
 
@@ -121,12 +119,11 @@ class Step:
     @property
     def slots(self) -> np.ndarray:
         if self._slots is None:
-            self._slots = _slots([r for r, _ in self._pairs])
+            self._slots = np.array([-1 if r.slot is None else r.slot for r, _ in self._pairs], dtype=np.int64)
         return self._slots
 
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
-            pairs = self._pairs
-            self._tokens = np.fromiter((n for _, n in pairs), dtype=np.int64, count=len(pairs))
+            self._tokens = np.array([n for _, n in self._pairs], dtype=np.int64)
         return self._tokens
