@@ -36,9 +36,10 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA, atomic_write_json, atomic_write_parquet  # noqa: E402
+from engine.results import atomic_write_json, atomic_write_parquet  # noqa: E402
 from reports import metrics as m  # noqa: E402
 from reports.audit import fairness_grid, load_runs  # noqa: E402
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA  # noqa: E402
 
 RATE = 100.0  # requests per second
 SUBSET = 100_000  # requests the per-row baseline runs on

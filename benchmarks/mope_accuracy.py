@@ -164,7 +164,7 @@ def ablation(dev_runs, seed: int) -> None:
 
 def prediction_latency(bundle_dir: Path, test_table) -> dict:
     """us per request of ``Session.predict`` on 64-request batches, warm (features cached) and cold."""
-    from engine.request import Request
+    from traces.request import Request
 
     columns = [test_table.column(c).to_pylist() for c in ("prompt_tokens", "output_tokens", "prompt", "client_id")]
     reqs = [Request(i, c, 0.0, p, o, prompt=t) for i, (p, o, t, c) in enumerate(zip(*columns))][:2048]

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 
 from engine.replay import replay  # noqa: E402
-from engine.request import Request  # noqa: E402
 from predictors import load_bundle, train  # noqa: E402
 from traces import load_workload  # noqa: E402
+from traces.request import Request  # noqa: E402
 
 SHAREGPT = next(
     (

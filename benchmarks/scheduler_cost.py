@@ -2,10 +2,10 @@
 
 For 10, 1,000 and 100,000 tenants with 100,000 waiting requests spread over them, times one
 admission decision (``select`` + ``admit``, plus the arrival that keeps the queue full) and one
-engine step's bookkeeping for a 256-request batch, for VTC and Equinox: through the
-per-request calls (``on_tokens`` with Request objects and ``on_step`` with pairs, as the vLLM
-adapter makes them) and through the array calls the simulator makes (``on_tokens_slots``,
-``on_step_slots``).  Prints microseconds and the ratio to the 10-tenant case measured in the
+engine step's bookkeeping for a 256-request batch, for VTC and Equinox: ``on_tokens`` and
+``on_step`` with the batch built from Request objects (``engine.feedback``'s ``Tokens.of`` and
+``Step.of``, as the vLLM adapter builds it) and from arrays (``from_arrays``, as the simulator
+builds it).  Prints microseconds and the ratio to the 10-tenant case measured in the
 same run: flat or logarithmic growth is the goal.  As in ``Simulator.run``, the garbage
 collector's view of the heap is frozen once the queue is filled.
 
@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from engine.feedback import Step, Tokens  # noqa: E402
 from engine.replay import replay  # noqa: E402
-from engine.request import Request  # noqa: E402
 from predictors import load_bundle, train  # noqa: E402
 from schedulers import EquinoxKnobs, Policy, make_policy  # noqa: E402
+from traces.request import Request  # noqa: E402
 from traces.schema import make_table  # noqa: E402
 
 WAITING = 100_000
@@ -102,8 +103,8 @@ def time_decisions(spec: str, tenants: int, decisions: int, bundle=None, mope_ba
     for step in range(steps):
         for r in batch:
             r.generated += 1
-        policy.on_tokens(batch, 1)
-        policy.on_step(2.0 + step * 0.02, 0.02, [(r, 1) for r in batch])
+        policy.on_tokens(Tokens.of(batch), 1)
+        policy.on_step(2.0 + step * 0.02, 0.02, Step.of([(r, 1) for r in batch]))
     per_step = (time.perf_counter() - start) / steps
     slots = np.array([r.slot for r in batch], dtype=np.int64)
     weights = np.array([r.weight for r in batch])
@@ -112,9 +113,9 @@ def time_decisions(spec: str, tenants: int, decisions: int, bundle=None, mope_ba
     start = time.perf_counter()
     for step in range(steps):
         generated += 1
-        policy.on_tokens_slots(slots, generated, weights, 1)
-        if type(policy).on_step_slots is not Policy.on_step_slots:
-            policy.on_step_slots(6.0 + step * 0.02, 0.02, slots, ones)
+        policy.on_tokens(Tokens.from_arrays(slots, generated, weights), 1)
+        if type(policy).on_step is not Policy.on_step:
+            policy.on_step(6.0 + step * 0.02, 0.02, Step.from_arrays(slots, ones))
     per_array_step = (time.perf_counter() - start) / steps
     gc.unfreeze()
     return per_decision * 1e6, per_step * 1e6, per_array_step * 1e6

@@ -485,6 +485,23 @@ def request_seconds(coefficients: tuple, tokens: np.ndarray, context: np.ndarray
     return np.where(decoding, decode, prefill)
 
 
+class StepCost:
+    """A cost model as a policy sees it (``Policy.bind_engine``): how one step's time splits among
+    its requests (``split``, then ``request_seconds``; see ``step_split``).  A policy that charges
+    engine time reads this, not ``engine``: the engine hands it over."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def split(self, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests) -> tuple:
+        """``step_split`` of a step with these totals."""
+        return step_split(self.model, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, num_requests)
+
+    request_seconds = staticmethod(request_seconds)
+
+
 def decode_split(cost, duration_s, decode_tokens, decode_kv) -> tuple:
     """``(common, kv)`` of a pure decode step (see ``RooflineCostModel.decode_split``); a cost model
     without one splits the step evenly."""

@@ -29,11 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.cost_model import decode_split, request_seconds, step_split
+from engine.cost_model import StepCost, decode_split, request_seconds, step_split
+from engine.feedback import Step, Tokens
 from engine.prefix_cache import PrefixCache, block_keys
-from engine.request import Request
-from engine.results import EXCEEDS_KV, RATE_LIMIT, REQUEST_SCHEMA, STEP_SCHEMA, TOO_LONG, outcome_columns
+from engine.results import outcome_columns
 from schedulers.base import Policy
+from traces.request import Request
+from traces.result_schemas import EXCEEDS_KV, RATE_LIMIT, REQUEST_SCHEMA, STEP_SCHEMA, TOO_LONG
 from traces.schema import column_lists
 
 MAX_STRETCH = 4096
@@ -290,9 +292,8 @@ class Simulator:
                 self._cache = PrefixCache(cfg.total_blocks, self.bs, keys)
             self.policy.prefix_lookup = self._prefix_lookup
         self._es = np.zeros(len(reqs))
-        bind = getattr(self.policy, "bind_engine", None)
-        if bind is not None:  # what an engine-aware policy (Equinox) reads: step costs, KV capacity
-            bind(cost_model=self.cost, kv_capacity_tokens=cfg.total_blocks * cfg.block_size)
+        # what an engine-aware policy (Equinox) reads: step costs, KV capacity
+        self.policy.bind_engine(cost_model=StepCost(self.cost), kv_capacity_tokens=cfg.total_blocks * cfg.block_size)
         # The request objects live as long as the replay: keep the collector from walking them
         # again and again (a million of them make every full collection long), as vLLM does.
         # A process that froze its heap itself (a vLLM server) keeps it frozen.
@@ -908,24 +909,27 @@ class Simulator:
         if not self._charges_tokens:
             return
         batch = self.batch
+        a = batch.a
         if generated is None:
-            generated = batch.a[GENERATED, pos]
-        if self.policy.array_feedback:
-            self.policy.on_tokens_slots(batch.a[SLOT, pos], generated, batch.weight[pos], k)
-            return
-        reqs = [self.reqs[r] for r in batch.a[ROW, pos].tolist()]
-        for req, g in zip(reqs, generated.tolist()):
-            req.generated = g
-        self.policy.on_tokens(reqs, k)
+            generated = a[GENERATED, pos]
+
+        def requests() -> list[Request]:  # only if the policy iterates
+            reqs = [self.reqs[r] for r in a[ROW, pos].tolist()]
+            for req, g in zip(reqs, generated.tolist()):
+                req.generated = g
+            return reqs
+
+        self.policy.on_tokens(Tokens.from_arrays(a[SLOT, pos], generated, batch.weight[pos], requests), k)
 
     def _report_step(self, now: float, dt: float, pos, tokens: np.ndarray) -> None:
         """Tell the policy about the step: the requests at ``pos`` computed ``tokens``."""
         a = self.batch.a
-        if self.policy.array_feedback:
-            self.policy.on_step_slots(now, dt, a[SLOT, pos], tokens)
-        else:
+
+        def pairs() -> list:  # only if the policy iterates
             reqs = self.reqs
-            self.policy.on_step(now, dt, [(reqs[r], n) for r, n in zip(a[ROW, pos].tolist(), tokens.tolist())])
+            return [(reqs[r], n) for r, n in zip(a[ROW, pos].tolist(), tokens.tolist())]
+
+        self.policy.on_step(now, dt, Step.from_arrays(a[SLOT, pos], tokens, pairs))
 
     def _finish(self, pos: np.ndarray, end: float) -> None:
         """The requests at ``pos`` (decoding ones when decode steps are counted in ``_g``)

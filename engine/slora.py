@@ -39,9 +39,11 @@ from typing import Callable
 
 import pyarrow as pa
 
-from engine.request import Request
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA, outcome_columns
+from engine.feedback import Step, Tokens
+from engine.results import outcome_columns
 from schedulers.base import Policy
+from traces.request import Request
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA
 from traces.schema import column_lists
 
 INF = float("inf")
@@ -274,7 +276,7 @@ class SLoRAEngine:
         dt = float(self.cost.step_time(tokens, pairs, 0, 0, len(new)))
         flops = float(self.cost.step_flops(tokens, pairs, 0, 0))
         if self._wants_steps:
-            self.policy.on_step(now, dt, [(r, r.prompt_tokens) for r in new])
+            self.policy.on_step(now, dt, Step.of([(r, r.prompt_tokens) for r in new]))
         end = now + dt
         for r in new:
             r.computed = r.prompt_tokens
@@ -282,7 +284,7 @@ class SLoRAEngine:
             r.decoding = True
             r.first_token_s = end
         if self._charges_tokens:
-            self.policy.on_tokens(new, 1)
+            self.policy.on_tokens(Tokens.of(new), 1)
         done = self._finish([r for r in new if r.generated >= r.output_tokens], end)
         kv = self._kv_used() + sum(r.prompt_tokens + r.generated for r in new if r.status == "running")
         self._log(now, dt, tokens, 0, len(new), 0, len(new), len(new), done, flops, kv)
@@ -298,7 +300,7 @@ class SLoRAEngine:
         dt = float(self.cost.step_time(0, 0.0, n, kv, n))
         flops = float(self.cost.step_flops(0, 0.0, n, kv))
         if self._wants_steps:
-            self.policy.on_step(now, dt, [(r, 1) for r in batch])
+            self.policy.on_step(now, dt, Step.of([(r, 1) for r in batch]))
         end = now + dt
         finished = []
         for r in batch:
@@ -307,7 +309,7 @@ class SLoRAEngine:
             if r.generated >= r.output_tokens:
                 finished.append(r)
         if self._charges_tokens:
-            self.policy.on_tokens(batch, 1)
+            self.policy.on_tokens(Tokens.of(batch), 1)
         done = self._finish(finished, end)
         if done:
             self.running = [r for r in batch if r.status == "running"]

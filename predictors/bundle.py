@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.request import Request
 from engine.results import atomic_directory, atomic_write_json
 from predictors.features import NO_HISTORY, REQUEST_FEATURES, STEP_FEATURES
 from predictors.forest import Forest, tree_shapes
@@ -41,6 +40,7 @@ from predictors.text import (
     tfidf_score,
 )
 from traces.errors import InputError
+from traces.request import Request
 
 FORMAT = "equinox-mope"
 FORMAT_VERSION = 2

@@ -38,18 +38,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.results import (
-    COUNTER_SCHEMA,
-    COUNTERS_FILE,
-    REQUEST_SCHEMA,
-    REQUESTS_FILE,
-    RUN_FILE,
-    STEP_SCHEMA,
-    STEPS_FILE,
-)
+from engine.results import COUNTERS_FILE, REQUESTS_FILE, RUN_FILE, STEPS_FILE
 from reports import compare
 from reports import metrics as m
 from traces.errors import InputError
+from traces.result_schemas import COUNTER_SCHEMA, REQUEST_SCHEMA, STEP_SCHEMA
 
 REQUEST_COLUMNS = (
     "client_id",

@@ -1,37 +1,52 @@
 """The policy interface: what an engine asks a scheduler, and what it tells it.
 
-An engine (the simulator, or vLLM through the adapter) owns the running batch,
-the KV cache and the clock.  A policy owns the waiting requests and decides the
-order of admission.  The engine calls, in this order within a step:
+An engine (the simulator, the S-LoRA engine, or vLLM through the adapter in ``serving/``) owns
+the running batch, the KV cache and the clock.  A policy owns the waiting requests and decides
+the order of admission.  The VTC artifact's scheduler has three verbs (append a request,
+pick the next batch, update the counters after a step); ours are the same three:
 
-* ``on_arrival(req, now)`` when a request arrives; ``False`` rejects it.
-* ``select(fits)`` to ask for the next request to admit; ``fits(req)`` says
-  whether the engine has room for it.  Returning None stops filling this step.
-  The simulator's ``fits`` also has ``max_pending``: a request fits exactly when its
-  ``pending`` tokens are at most that, so a policy may test many requests at once.
-* ``admit(req, now, resumed)`` when the engine admits the selected request.
-* ``requeue(req)`` when the engine preempts a running request: it waits again,
-  at the head of its client's queue.
-* ``on_tokens(reqs, k)`` after the engine produced ``k`` output tokens for each
-  request in ``reqs`` (``k > 1`` when the engine advances several steps at once).
-* ``on_finish(req, now)`` when a request has produced its last token.
-* ``on_step(now, duration_s, batch)`` after each step, with ``(request, tokens)`` pairs.
-* ``token_budget(default)`` before each step: the step's token budget.
+**Core** (a policy implements these; ``fcfs.py`` is the smallest example, ``vtc.py`` the next):
 
-A policy with ``array_feedback`` gives every request it admits a ``slot`` (``req.slot``, an
-index into its own per-request or per-client state); an engine that keeps its batch in
-arrays (the simulator) then reports steps and tokens as arrays (``on_step_slots``,
-``on_tokens_slots``) instead of Request objects: one call per step, vectorised inside.
+1. *Add*: ``on_arrival(req, now) -> bool`` queues a request (``False`` rejects it);
+   ``waiting`` is how many are queued.
+2. *Select*: ``select(fits) -> Request | None`` names the next request to admit (None stops
+   filling this step; ``fits(req)`` says whether the engine has room for it); by default it
+   is ``peek()``, the head, if it fits.  The engine then calls ``admit(req, now, resumed)``
+   (``resumed``: readmitted after a preemption).  ``requeue(req)`` puts a preempted request
+   back at the head of the queue.
+3. *Update*: ``on_tokens(tokens, k)``: the engine produced ``k`` output tokens for each
+   request in ``tokens``; ``on_finish(req, now)``: a request produced its last token.
 
-Nothing here knows about blocks, steps or vLLM objects.
+``tokens`` (``engine.feedback.Tokens``) is a sequence of Request objects (``for req in tokens``,
+with ``req.generated`` up to date) and the same batch as numpy arrays: ``tokens.slots`` (each
+request's ``req.slot``, which the policy may set at admission to index its own arrays; -1 for
+None), ``tokens.generated`` and ``tokens.weights``.  Read either form; every engine sends the
+same object, and converts only what is read.
+
+**Optional hooks** (the defaults do nothing or keep the engine's choice):
+
+* ``on_step(now, duration_s, step)``: a step of ``duration_s`` ran ``step``, iterable as
+  ``(request, tokens computed)`` pairs, or as arrays ``step.slots`` and ``step.tokens``.
+* ``token_budget(default) -> int``: the next step's token budget.
+* ``bind_engine(cost_model, kv_capacity_tokens)``: called before a run with the engine's step
+  costs (``split`` / ``request_seconds``, ``engine.cost_model.StepCost``) and KV capacity.
+* ``prefix_lookup``: set by an engine with a prefix cache; ``prefix_lookup(req)`` is how many of
+  ``req``'s prompt tokens are cached now.
+* ``exact_under_fast_forward``: False if the policy needs every ``on_step`` (the simulator may
+  otherwise advance decode-only stretches in one ``on_tokens(tokens, k)`` with ``k > 1``).
+* ``fits.max_pending``: where the engine has it, a request fits exactly when its ``pending``
+  tokens are at most this, so ``select`` may test many requests at once.
+
+Nothing here knows about blocks, steps or vLLM objects; ``schedulers/`` imports nothing from
+``engine/`` (the shared types are in ``traces/``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
-from engine.request import Request
+from traces.request import Request
 
 
 @dataclass(frozen=True)
@@ -46,17 +61,11 @@ class Policy:
     """Base class; subclasses define the order. See the module docstring."""
 
     name = "policy"
-    # The simulator may advance pure decode stretches in one move (calling on_tokens with k > 1
-    # and skipping on_step) only for policies whose decisions come out identical that way.
-    exact_under_fast_forward = True
-    # Set by an engine with a prefix cache before the run: ``prefix_lookup(req)`` is how many of
-    # ``req``'s prompt tokens are cached right now (a multiple of the block size).  None: no cache.
-    prefix_lookup: Callable[[Request], int] | None = None
 
     def __init__(self, service: ServiceWeights = ServiceWeights()):
         self.service = service
 
-    # -- queue ---------------------------------------------------------------
+    # -- core: add ------------------------------------------------------------------
     @property
     def waiting(self) -> int:
         raise NotImplementedError
@@ -64,6 +73,7 @@ class Policy:
     def on_arrival(self, req: Request, now: float) -> bool:
         raise NotImplementedError
 
+    # -- core: select -----------------------------------------------------------------
     def peek(self) -> Request | None:
         """The request this policy would admit next."""
         raise NotImplementedError
@@ -79,31 +89,26 @@ class Policy:
     def requeue(self, req: Request) -> None:
         raise NotImplementedError
 
-    # -- feedback ------------------------------------------------------------
-    def on_tokens(self, reqs: Iterable[Request], k: int) -> None:
-        """Output tokens were produced; counters that charge per token update here."""
-
-    # -- feedback in arrays (optional) -----------------------------------------
-    array_feedback = False
-
-    def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
-        """``on_tokens`` for the requests with these slots (numpy arrays, one entry per request:
-        slot, output tokens generated so far, weight); a slot of -1 is a request without one."""
-        raise NotImplementedError
-
-    def on_step_slots(self, now: float, duration_s: float, slots, tokens) -> None:
-        """``on_step`` with the batch as arrays: each request's slot (-1: none) and tokens computed."""
-        raise NotImplementedError
+    # -- core: update -----------------------------------------------------------------
+    def on_tokens(self, tokens, k: int) -> None:
+        """``k`` output tokens were produced for each request in ``tokens`` (``engine.feedback.Tokens``)."""
 
     def on_finish(self, req: Request, now: float) -> None:
         """A request finished."""
 
-    def on_step(self, now: float, duration_s: float, batch: list) -> None:
-        """A step of ``duration_s`` started at ``now`` ran ``batch``: ``(request, tokens)`` pairs."""
+    # -- optional hooks -----------------------------------------------------------------
+    def on_step(self, now: float, duration_s: float, step) -> None:
+        """A step of ``duration_s`` started at ``now`` ran ``step`` (``engine.feedback.Step``)."""
 
     def token_budget(self, default: int) -> int:
         """The token budget of the next step; the engine's own by default."""
         return default
+
+    def bind_engine(self, cost_model=None, kv_capacity_tokens: float | None = None) -> None:
+        """The engine's step costs and KV capacity in tokens, before a run."""
+
+    prefix_lookup: Callable[[Request], int] | None = None  # set by an engine with a prefix cache
+    exact_under_fast_forward = True  # False: the policy needs every on_step (no k > 1 stretches)
 
     def describe(self) -> dict:
         """The knobs that define this policy, for run.json."""

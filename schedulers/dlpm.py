@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.request import Request
 from schedulers.client_queues import ClientQueues
+from traces.request import Request
 
 DEFAULT_QUANTUM = 2048.0  # service units per refill (a 2,048-token prompt, or 1,024 output tokens)
 LPM_DEPTH = 32  # requests of each client's queue whose cached prefix a decision looks up
@@ -35,7 +35,6 @@ class DLPM(ClientQueues):
         self._deficit = np.zeros(16)
         self._backlogged: dict[str, None] = {}  # clients with a waiting request, an ordered set
         self.refills = 0  # quanta given to every backlogged client so far
-        self.array_feedback = True
 
     @property
     def deficits(self) -> dict[str, float]:
@@ -102,15 +101,8 @@ class DLPM(ClientQueues):
         return best
 
     # -- charges ----------------------------------------------------------------------
-    def on_tokens(self, reqs, k: int) -> None:
-        d = self._deficit
-        index = self._index
-        w_q = self.service.w_q
-        for req in reqs:
-            d[index[req.client]] -= w_q * k / req.weight
-
-    def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
-        np.subtract.at(self._deficit, slots, (self.service.w_q * k) / weights)
+    def on_tokens(self, tokens, k: int) -> None:
+        np.subtract.at(self._deficit, tokens.slots, (self.service.w_q * k) / tokens.weights)
 
     def describe(self) -> dict:
         return {**super().describe(), "quantum": self.quantum, "lpm_depth": LPM_DEPTH}

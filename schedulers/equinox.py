@@ -11,7 +11,7 @@
   than is typical costs its client less, so that client is served sooner: ``gamma`` trades
   service-rate equality (0: ``q = 1``, VTC's counter) against latency equality.
 * **RFC**, the Resource Fairness Counter: engine-seconds.  Each step's measured time is split
-  among its requests by the cost model (``engine.cost_model.step_split``: a prefill chunk's
+  among its requests by the cost model (``bind_engine``'s ``split``: a prefill chunk's
   linear FLOPs and attention over its context, a decode's share of the weight read and its own
   KV read), plus KV residency ``residency * duration * kv_tokens / kv_capacity``; prompt tokens
   the engine did not compute (a prefix-cache hit) are in no step and cost nothing.  At
@@ -45,12 +45,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from engine.cost_model import request_seconds, step_split
-from engine.request import Request
 from schedulers.client_queues import ClientQueues
 from schedulers.counters import ClientCounters
 from schedulers.equinox_charges import Charges
 from schedulers.trajectory import Trajectory
+from traces.request import Request
 
 UFC, RFC = 0, 1  # the rows of the counters
 WINDOW = 5  # moving average of output lengths, as VTC-predict
@@ -174,8 +173,9 @@ class Equinox(ClientQueues):
         )
 
     def bind_engine(self, cost_model=None, kv_capacity_tokens: float | None = None) -> None:
-        """The engine's step-time model (splits each step's time) and KV capacity in tokens (the
-        guard's U, memory-aware admission, residency)."""
+        """The engine's step costs (``split(prefill_tokens, pairs, decodes, decode_kv, requests)`` and
+        ``request_seconds(split, tokens, context, decoding)``: ``engine.cost_model.StepCost``) and
+        KV capacity in tokens (the guard's U, memory-aware admission, residency)."""
         self.cost_model = cost_model
         self.kv_capacity = kv_capacity_tokens
 
@@ -498,20 +498,12 @@ class Equinox(ClientQueues):
         self._running += 1
         self._add(req.client, ufc, rfc)
 
-    # The engine reports tokens and steps either per request (on_tokens, on_step) or as arrays of
-    # slots (the simulator); the per-request calls gather their requests' slots and take the same path.
-    array_feedback = True
-
-    def on_tokens(self, reqs, k: int) -> None:
-        slots = [-1 if req.slot is None else req.slot for req in reqs]
-        generated = [req.generated for req in reqs]
-        self.on_tokens_slots(np.array(slots, dtype=np.int64), np.array(generated, dtype=np.int64), None, k)
-
-    def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
+    def on_tokens(self, tokens, k: int) -> None:
         """Charge UFC for output tokens beyond the predicted length, as they come; grow the
         memory reservation of a request past its quantile."""
-        if not len(slots):
+        if not len(tokens):
             return
+        slots, generated = tokens.slots, tokens.generated
         c = self._charges
         if slots.min() < 0:  # requests without a slot are not charged
             mine = slots >= 0
@@ -533,14 +525,10 @@ class Equinox(ClientQueues):
         c.ufc[slots] += amount
         self._charge_clients(c.client[slots], amount, UFC)
 
-    def on_step(self, now: float, duration_s: float, batch: list) -> None:
-        slots = [-1 if req.slot is None else req.slot for req, _ in batch]
-        tokens = [n for _, n in batch]
-        self.on_step_slots(now, duration_s, np.array(slots, dtype=np.int64), np.array(tokens, dtype=np.int64))
-
-    def on_step_slots(self, now: float, duration_s: float, slots, tokens) -> None:
+    def on_step(self, now: float, duration_s: float, step) -> None:
         """Split the step's measured time among its requests by the cost model, add residency,
         and charge RFC for what goes beyond each request's prediction."""
+        slots, tokens = step.slots, step.tokens
         total = int(tokens.sum())
         if self._peak_loose:
             self._peak, self._peak_loose = None, False
@@ -591,8 +579,8 @@ class Equinox(ClientQueues):
             prefill_tokens = int(chunks.sum())
             pairs = float((chunks * (before + (chunks + 1) / 2)).sum())
             decode_kv = float(context[decoding].sum()) + n_decode
-        split = step_split(cost, prefill_tokens, pairs, n_decode, decode_kv, m)
-        shares = request_seconds(split, tokens, context, decoding)
+        split = cost.split(prefill_tokens, pairs, n_decode, decode_kv, m)
+        shares = cost.request_seconds(split, tokens, context, decoding)
         modelled = float(shares.sum())
         scale = duration_s / modelled if modelled > 0 else 0.0
         pt, dt, pair, kv, pr, dr = split

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from engine.request import Request
 from schedulers.base import Policy
+from traces.request import Request
 
 
 class FCFS(Policy):

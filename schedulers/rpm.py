@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 
-from engine.request import Request
 from schedulers.fcfs import FCFS
+from traces.request import Request
 
 WINDOW_S = 60.0
 

@@ -8,7 +8,7 @@ from array import array
 import numpy as np
 import pyarrow as pa
 
-from engine.results import COUNTER_SCHEMA
+from traces.result_schemas import COUNTER_SCHEMA
 
 
 class Trajectory:

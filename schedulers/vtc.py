@@ -11,11 +11,9 @@ the artifact skips that case; we follow the paper.
 
 from __future__ import annotations
 
-import numpy as np
-
-from engine.request import Request
 from schedulers.client_queues import ClientQueues
 from schedulers.counters import ClientCounters
+from traces.request import Request
 
 
 class VTC(ClientQueues):
@@ -25,8 +23,6 @@ class VTC(ClientQueues):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._counters = ClientCounters(rows=1)  # a request's slot is its client's column
-        # Every output token costs w_q / weight unless a subclass prices tokens per request.
-        self.array_feedback = type(self).token_charge is VTC.token_charge
 
     @property
     def counters(self) -> dict[str, float]:
@@ -37,7 +33,8 @@ class VTC(ClientQueues):
     def admission_charge(self, req: Request) -> float:
         return self.service.w_p * req.prompt_tokens
 
-    def token_charge(self, req: Request, k: int) -> float:
+    def token_charges(self, tokens, k: int):
+        """What the ``k`` new tokens of each request in ``tokens`` cost (a number or an array)."""
         return self.service.w_q * k
 
     def finish_charge(self, req: Request) -> float:
@@ -73,19 +70,8 @@ class VTC(ClientQueues):
         if amount:
             self._counters.add(i, (amount,))
 
-    def on_tokens(self, reqs, k: int) -> None:
-        per_client: dict[int, float] = {}  # one update per client, not per request
-        index = self._counters.index
-        for req in reqs:
-            i = index[req.client]
-            per_client[i] = per_client.get(i, 0.0) + self.token_charge(req, k) / req.weight
-        if per_client:
-            columns = np.fromiter(per_client, dtype=np.int64, count=len(per_client))
-            amounts = np.fromiter(per_client.values(), dtype=np.float64, count=len(per_client))
-            self._counters.add_many(0, columns, amounts)
-
-    def on_tokens_slots(self, slots, generated, weights, k: int) -> None:
-        self._counters.add_per_request(0, slots, (self.service.w_q * k) / weights)
+    def on_tokens(self, tokens, k: int) -> None:
+        self._counters.add_per_request(0, tokens.slots, self.token_charges(tokens, k) / tokens.weights)
 
     def on_finish(self, req: Request, now: float) -> None:
         self._charge(self._counters.index[req.client], self.finish_charge(req) / req.weight)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.request import Request
 from schedulers.vtc import VTC
+from traces.request import Request
 
 WINDOW = 5
 
@@ -32,9 +32,10 @@ class _PredictedVTC(VTC):
         req.predicted_output = pred = self.predict(req)
         return self.service.w_p * req.prompt_tokens + self.service.w_q * pred
 
-    def token_charge(self, req: Request, k: int) -> float:
-        before = max(req.generated - k, req.predicted_output)
-        return self.service.w_q * max(0.0, req.generated - before)
+    def token_charges(self, tokens, k: int) -> np.ndarray:
+        predicted = np.fromiter((r.predicted_output for r in tokens), dtype=np.float64, count=len(tokens))
+        generated = tokens.generated
+        return self.service.w_q * np.maximum(0.0, generated - np.maximum(generated - k, predicted))
 
     def finish_charge(self, req: Request) -> float:
         return -self.service.w_q * max(0.0, req.predicted_output - req.generated)

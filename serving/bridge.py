@@ -1,13 +1,14 @@
 """The engine-side half of the vLLM adapter, free of vLLM: our policy objects as a waiting queue.
 
 ``PolicyBridge`` keeps, for every request a real engine hands it, a mirror
-``engine.request.Request`` (the object our policies know) and drives the policy the way the
+``traces.request.Request`` (the object our policies know) and drives the policy the way the
 simulator does:
 
 * queue operations (``arrive``, ``peek``, ``pop``, ``prepend``, ``remove``, ``preempted``) map
   onto ``on_arrival``, ``select``, ``admit`` and ``requeue``;
-* ``end_step`` reports what a step did: ``on_step`` with ``(request, tokens)`` pairs, then
-  ``on_tokens`` for the requests that produced output, then ``on_finish`` (a policy that keeps
+* ``end_step`` reports what a step did: ``on_step`` with the ``(request, tokens)`` pairs, then
+  ``on_tokens`` for the requests that produced output (``engine.feedback``'s ``Step`` and
+  ``Tokens``, as the simulator sends them), then ``on_finish`` (a policy that keeps
   ``Policy``'s no-op ``on_step`` or ``on_tokens`` is not called for it: no pairs or lists are built);
 * ``budget`` asks ``token_budget`` before a step.
 
@@ -30,11 +31,12 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
-from engine.request import Request
-from engine.results import REQUEST_SCHEMA
+from engine.feedback import Step, Tokens
 from schedulers import EquinoxKnobs, ServiceWeights, make_policy, run_name
 from schedulers.base import Policy
 from serving.logs import RunLog
+from traces.request import Request
+from traces.result_schemas import REQUEST_SCHEMA
 
 # Keys of a request's vLLM extra_args (the OpenAI body's ``vllm_xargs``) that the adapter reads.
 TENANT_KEY = "equinox_tenant"
@@ -411,7 +413,7 @@ class PolicyBridge:
             kept = [(n, total) for (rid, n), total in zip(tokens.items(), totals) if rid in entries]
             ns, totals = [n for n, _ in kept], [total for _, total in kept]
         if reqs and _overrides(policy, "on_step"):
-            policy.on_step(start, end_s - start, list(zip(reqs, ns)))
+            policy.on_step(start, end_s - start, Step.of(list(zip(reqs, ns))))
         wants_tokens = _overrides(policy, "on_tokens")
         produced: dict[int, list[Request]] = {}  # tokens produced -> requests, for on_tokens
         ones = None  # produced[1], the usual case
@@ -436,7 +438,7 @@ class PolicyBridge:
                                 ones = group
                         group.append(req)
         for k, group in produced.items():
-            policy.on_tokens(group, k)
+            policy.on_tokens(Tokens.of(group), k)
         done = 0
         for rid, reason in finished.items():
             done += self.finish(rid, end_s, reason)

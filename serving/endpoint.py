@@ -38,10 +38,11 @@ import numpy as np
 import pyarrow as pa
 
 from engine.replay import write_run
-from engine.results import STEP_SCHEMA, atomic_write_parquet
+from engine.results import atomic_write_parquet
 from serving.bridge import TENANT_KEY, WEIGHT_KEY
 from serving.results import requests_in_workload_order, workload_record
 from traces.errors import InputError
+from traces.result_schemas import STEP_SCHEMA
 from traces.schema import column_lists
 
 CLIENT_FILE = "client.parquet"
@@ -365,7 +366,7 @@ def replay_endpoint(
         )  # fmt: skip
         for k, v in values.items():
             rows[k].append(v)
-    from engine.results import REQUEST_SCHEMA
+    from traces.result_schemas import REQUEST_SCHEMA
 
     for name_ in REQUEST_SCHEMA.names:  # the appended columns (reject_reason, ...): null
         rows.setdefault(name_, [None] * len(results))

@@ -1,6 +1,6 @@
 """Per-request and per-step logs of a real engine, in the simulator's results format.
 
-``RunLog`` collects rows of ``engine.results.REQUEST_SCHEMA`` and ``STEP_SCHEMA`` as a real
+``RunLog`` collects rows of ``traces.result_schemas.REQUEST_SCHEMA`` and ``STEP_SCHEMA`` as a real
 engine runs and turns them into the same tables the simulator returns, so ``equinox audit``
 and ``equinox train-predictors`` read a served or replayed run unchanged.
 
@@ -28,14 +28,13 @@ import pyarrow.compute as pc
 
 from engine.results import (
     COUNTERS_FILE,
-    REQUEST_SCHEMA,
     REQUESTS_FILE,
     RUN_FILE,
-    STEP_SCHEMA,
     STEPS_FILE,
     atomic_write_json,
     atomic_write_parquet,
 )
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA
 
 CHUNK_ROWS = 8192  # rows kept as Python tuples before they are sealed into an Arrow batch
 

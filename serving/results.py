@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from engine.replay import fingerprint
-from engine.results import REQUEST_SCHEMA
+from traces.result_schemas import REQUEST_SCHEMA
 from traces.schema import workload_metadata
 
 # Columns a replay takes from the workload rather than from the engine's log.

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from engine.cost_model import StepCost
+from engine.feedback import Step, Tokens
 from engine.prefix_cache import block_keys
-from engine.request import Request
 from engine.simulator import EngineConfig, reject_reasons
+from traces.request import Request
 from traces.schema import column_lists
 
 
@@ -79,7 +81,7 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
     for i, req in enumerate(reqs):
         req.row = i
     if hasattr(policy, "bind_engine"):
-        policy.bind_engine(cost_model=cost, kv_capacity_tokens=config.total_blocks * bs)
+        policy.bind_engine(cost_model=StepCost(cost), kv_capacity_tokens=config.total_blocks * bs)
     running: list[Request] = []
     steps: list[tuple] = []
     now, nxt, step = 0.0, 0, 0
@@ -207,7 +209,7 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
                 prefill_tokens += n
                 pairs += n * (req.computed + (n + 1) / 2)
         dt = float(cost.step_time(prefill_tokens, pairs, decode_tokens, decode_kv, len(scheduled)))
-        policy.on_step(now, dt, [(r, n) for r, n in scheduled])
+        policy.on_step(now, dt, Step.of([(r, n) for r, n in scheduled]))
         end = now + dt
         produced, done = [], []
         for req, n in scheduled:
@@ -225,7 +227,7 @@ def replay(workload, config: EngineConfig, cost, policy) -> tuple[list[tuple], l
             if req.generated >= req.output_tokens:
                 done.append(req)
         if produced:
-            policy.on_tokens(produced, 1)
+            policy.on_tokens(Tokens.of(produced), 1)
         for req in done:
             req.finish_s, req.status = end, "finished"
             release(req)

@@ -7,13 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import LinearCost
 
-from engine.request import Request
+from engine.feedback import Tokens
 from engine.simulator import EngineConfig, Simulator
 from schedulers import make_policy, run_name
 from schedulers.dlpm import DLPM
 from traces import load_workload
 from traces.errors import InputError
 from traces.prefix_workloads import SystemPrompts, parse_system_prompts, prefix_reuse, with_prefix_hashes
+from traces.request import Request
 from traces.schema import make_table, workload_metadata
 
 
@@ -66,7 +67,7 @@ def test_refills_go_to_backlogged_clients_only_and_lift_the_largest_into_0_q():
         order.append(req.request_id)
     assert order == [0, 1, 3]
     assert policy.deficits == {"a": -25.0, "b": 1.0}
-    policy.on_tokens([reqs[3]], 1)  # b's output token (w_q 2); b has nothing waiting any more
+    policy.on_tokens(Tokens.of([reqs[3]]), 1)  # b's output token (w_q 2); b has nothing waiting any more
     assert policy.deficits == {"a": -25.0, "b": -1.0}
     # Only a is backlogged and spent: three quanta at once lift it to 5, in (0, 10]; b gets none.
     assert policy.select(lambda r: True) is reqs[2]
@@ -125,9 +126,9 @@ class Recorded(DLPM):
         self.events.append(("charge", client, amount))
         self.low = min(self.low, float(self._deficit[self._index[client]]))
 
-    def on_tokens_slots(self, slots, generated, weights, k):
-        super().on_tokens_slots(slots, generated, weights, k)
-        for slot, w in zip(slots.tolist(), weights.tolist()):
+    def on_tokens(self, tokens, k):
+        super().on_tokens(tokens, k)
+        for slot, w in zip(tokens.slots.tolist(), tokens.weights.tolist()):
             client = self._names[slot]
             self.window[client] += k
             self.most_tokens = max(self.most_tokens, self.window[client])

@@ -6,14 +6,15 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import LinearCost
 
+from engine.feedback import Step, Tokens
 from engine.replay import replay
-from engine.request import Request
 from engine.simulator import EngineConfig, Simulator
 from reports import metrics as m
 from reports.audit import audit
 from schedulers import Equinox, EquinoxKnobs, make_policy
 from schedulers.equinox import OVERCOMMIT_STEP
 from traces import load_workload, synthesize
+from traces.request import Request
 
 VTC_LIKE = EquinoxKnobs(
     alpha=1, beta=0, gamma=0, kappa=float("inf"), skip=False, memory_aware=False, adaptive_budget=False
@@ -52,7 +53,7 @@ def test_a_client_served_late_is_charged_less_and_goes_first():
             r = reqs[c][0]
             p.admit(r, admitted, resumed=False)
             r.first_token_s, r.generated = admitted, 1
-            p.on_tokens([r], 1)
+            p.on_tokens(Tokens.of([r]), 1)
             p.on_finish(r, admitted)
         if spec == "equinox":
             # a: no typical latency yet, the reference is the SLO (2 s): 0.5 s is under it, q = 1:
@@ -128,7 +129,7 @@ def test_memory_aware_admission_reserves_the_quantile_output():
     assert p.select(Threshold(10**9)) is small
     # a grows past its quantile: its reservation follows (300 + 301 tokens), 399 left
     first.generated = 301
-    p.on_tokens([first], 1)
+    p.on_tokens(Tokens.of([first]), 1)
     assert p._memory_room() == 399
     p.on_finish(first, 1.0)
     assert p.select(Threshold(10**9)) is big
@@ -144,7 +145,7 @@ def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservatio
         for r in (a, b):
             p.on_arrival(r, 0.0)
             p.admit(r, 0.0, resumed=False)
-        p.on_step(0.0, 0.01, [(a, 500), (b, 100)])
+        p.on_step(0.0, 0.01, Step.of([(a, 500), (b, 100)]))
         return p
 
     assert policy(0.0)._memory_room() == 200  # 1,000 - 800
@@ -163,7 +164,7 @@ def test_memory_aware_overcommit_grows_while_memory_binds_and_resets_at_a_preemp
     for r in (a, b):
         p.on_arrival(r, 0.0)
         p.admit(r, 0.0, resumed=False)
-    p.on_step(0.0, 0.01, [(a, 500), (b, 100)])
+    p.on_step(0.0, 0.01, Step.of([(a, 500), (b, 100)]))
     assert p._memory_room() == 200  # it starts at no overcommit: 1,000 - 800
     p.on_arrival(req(2, "c", prompt=150, output=100), 0.0)
     assert p.select(Threshold(10**9)) is None  # memory holds c back ...
@@ -183,16 +184,16 @@ def test_adaptive_budget_grows_when_it_binds_under_the_slo_and_shrinks_over_it()
     p.admit(r, 0.0, resumed=False)
     # bound (400 of 400 tokens), and 101 more tokens at the measured 25 us a token keep the step
     # at 0.0125 s, under the SLO: grow by a quarter
-    p.on_step(0.0, 0.01, [(r, 400)])
+    p.on_step(0.0, 0.01, Step.of([(r, 400)]))
     assert p.token_budget(400) == 501
-    p.on_step(0.1, 0.01, [(r, 10)])  # 10 of 501 tokens: not bound, no change
+    p.on_step(0.1, 0.01, Step.of([(r, 10)]))  # 10 of 501 tokens: not bound, no change
     assert p.token_budget(400) == 501
-    p.on_step(0.2, 0.2, [(r, 1)])  # a step slower than the SLO: shrink by 0.8x
+    p.on_step(0.2, 0.2, Step.of([(r, 1)]))  # a step slower than the SLO: shrink by 0.8x
     assert p.token_budget(400) == 400
-    p.on_step(0.3, 0.049, [(r, 400)])  # bound, but 101 more tokens would pass the SLO: no change
+    p.on_step(0.3, 0.049, Step.of([(r, 400)]))  # bound, but 101 more tokens would pass the SLO: no change
     assert p.token_budget(400) == 400
     for t in range(30):
-        p.on_step(1.0 + t, 0.2, [(r, 1)])
+        p.on_step(1.0 + t, 0.2, Step.of([(r, 1)]))
     assert p.token_budget(400) == 100
 
 
@@ -312,7 +313,7 @@ def test_each_admission_takes_the_lowest_hf_of_a_full_scan_as_clients_come_and_g
         if rnd.random() < 0.3 and running:  # a step of the running batch, and a completion
             done = running.pop(rnd.randrange(len(running)))
             done.first_token_s, done.generated = now, done.output_tokens
-            p.on_step(now, 0.02, [(r, 1) for r in running[-32:]] + [(done, 1)])
+            p.on_step(now, 0.02, Step.of([(r, 1) for r in running[-32:]] + [(done, 1)]))
             p.on_finish(done, now + 0.05)
         for _ in range(rnd.choice([0, 1, 1, 2])):  # arrivals, some from clients that left
             p.on_arrival(req(next_id, f"c{rnd.randrange(800)}", prompt=rnd.randint(1, 300), t=now), now)

@@ -18,14 +18,15 @@ import pyarrow as pa
 import pytest
 
 import predictors
+from engine.feedback import Tokens
 from engine.replay import engine_config, replay
-from engine.request import Request
 from engine.simulator import Simulator
 from predictors.bundle import MANIFEST, MODELS, npz_bytes, save_bundle
 from predictors.text import CATEGORIES
 from predictors.training import CONSTANTS, load_logs, predict_requests, split
 from schedulers.vtc_predict import VTCPredict
 from traces.errors import InputError
+from traces.request import Request
 from traces.schema import make_table
 
 PRESET = "a100-llama2-7b"
@@ -591,11 +592,11 @@ def test_vtc_predict_charges_the_predicted_length_then_corrects():
         policy.admit(policy.select(lambda _: True), 0.0, resumed=False)
     assert policy.counters == {"a": 100 + 2 * 40, "b": 100 + 2 * 40}  # w_p * prompt + w_q * predicted
     long.generated, short.generated = 40, 30
-    policy.on_tokens([long], 40)
-    policy.on_tokens([short], 30)
+    policy.on_tokens(Tokens.of([long]), 40)
+    policy.on_tokens(Tokens.of([short]), 30)
     assert policy.counters == {"a": 180, "b": 180}  # tokens within the prediction are prepaid
     long.generated = 50
-    policy.on_tokens([long], 10)
+    policy.on_tokens(Tokens.of([long]), 10)
     policy.on_finish(long, 1.0)
     policy.on_finish(short, 1.0)
     assert policy.counters == {"a": 180 + 2 * 10, "b": 180 - 2 * 10}  # beyond: charged; short: refunded

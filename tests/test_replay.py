@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.replay import replay
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA
 from engine.simulator import Simulator
 from traces import synthesize
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA
 
 FILES = ("requests.parquet", "steps.parquet", "run.json")
 

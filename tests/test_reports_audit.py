@@ -13,11 +13,12 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from engine.results import COUNTER_SCHEMA, REQUEST_SCHEMA, STEP_SCHEMA, atomic_write_json, atomic_write_parquet
+from engine.results import atomic_write_json, atomic_write_parquet
 from reports.audit import audit, audit_run, load_runs, to_json
 from reports.markdown import to_markdown
 from reports.tables import render_rich
 from traces.errors import InputError
+from traces.result_schemas import COUNTER_SCHEMA, REQUEST_SCHEMA, STEP_SCHEMA
 
 # The metrics tests' two-client case, shifted past the 30-s warm-up:
 #   a: serves 20 over [30, 40] and 20 over [40, 50]; its second request waits over [31, 40)

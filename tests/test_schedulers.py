@@ -4,9 +4,10 @@ import random
 
 import pytest
 
-from engine.request import Request
+from engine.feedback import Tokens
 from schedulers import make_policy, run_name
 from traces.errors import InputError
+from traces.request import Request
 
 
 def req(i, client, prompt=10, output=10, weight=1.0, t=0.0):
@@ -214,7 +215,7 @@ def test_vtc_charges_prompt_at_admission_and_output_per_token():
     p.admit(p.select(lambda _: True), 0, False)
     assert p.counters["a"] == 100  # w_p * prompt
     a.generated = 3
-    p.on_tokens([a], 3)
+    p.on_tokens(Tokens.of([a]), 3)
     assert p.counters["a"] == 106  # + w_q * 3
 
 
@@ -260,7 +261,7 @@ def test_vtc_predict_charges_prediction_then_corrects():
     p.admit(p.select(lambda _: True), 0, False)
     assert p.counters["a"] == 10 + 2 * 50  # first request: its actual length
     first.generated = 50
-    p.on_tokens([first], 50)
+    p.on_tokens(Tokens.of([first]), 50)
     p.on_finish(first, 1)
     assert p.counters["a"] == 110  # prediction was exact: nothing more
     second = req(1, "a", prompt=10, output=20)
@@ -268,7 +269,7 @@ def test_vtc_predict_charges_prediction_then_corrects():
     p.admit(p.select(lambda _: True), 2, False)
     assert p.counters["a"] == 110 + 10 + 2 * 50  # average is 50
     second.generated = 20
-    p.on_tokens([second], 20)
+    p.on_tokens(Tokens.of([second]), 20)
     p.on_finish(second, 3)
     assert p.counters["a"] == 110 + 10 + 2 * 20  # refund (50 - 20) * 2
     assert p.average["a"] == pytest.approx((50 * 4 + 20) / 5)
@@ -281,7 +282,7 @@ def test_vtc_predict_charges_tokens_beyond_the_prediction():
     p.admit(p.select(lambda _: True), 0, False)
     r.predicted_output = 3  # pretend the prediction was short
     r.generated = 4
-    p.on_tokens([r], 4)  # tokens 1..4: one beyond 3
+    p.on_tokens(Tokens.of([r]), 4)  # tokens 1..4: one beyond 3
     base = 2 * 5
     assert p.counters["a"] == base + 2
 

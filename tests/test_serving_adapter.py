@@ -12,9 +12,9 @@ from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 from vllm.v1.engine import FinishReason  # noqa: E402
 from vllm.v1.request import RequestStatus  # noqa: E402
 
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA  # noqa: E402
 from serving.offline import make_request, make_scheduler, step, write_config  # noqa: E402
 from serving.vllm_adapter import FairRequestQueue, FairScheduler  # noqa: E402
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA  # noqa: E402
 
 
 @pytest.fixture(scope="module")

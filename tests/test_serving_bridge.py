@@ -5,10 +5,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA
 from schedulers import make_policy
 from serving.bridge import PolicyBridge, ServingSettings, StepBatch, tenant_of
 from serving.logs import RunLog, shift_times
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA
 
 
 class Clock:

@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from engine.results import REQUEST_SCHEMA
 from serving.endpoint import CLIENT_FILE, EndpointError, EndpointOptions, replay_endpoint
+from traces.result_schemas import REQUEST_SCHEMA
 from traces.schema import make_table
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vll
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA  # noqa: E402
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA  # noqa: E402
 from traces.schema import make_table  # noqa: E402
 
 HEAVY, LIGHT = 16, 4

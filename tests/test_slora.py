@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from engine.presets import get_preset
 from engine.replay import replay
-from engine.results import REQUEST_SCHEMA, STEP_SCHEMA
 from engine.slora import SLoRAConfig, SLoRAEngine, reservation_peak, slora_config
 from equinox_cli.main import app
 from schedulers import make_policy
 from traces import synthesize
+from traces.result_schemas import REQUEST_SCHEMA, STEP_SCHEMA
 from traces.schema import make_table
 
 ROOT = Path(__file__).resolve().parents[1]

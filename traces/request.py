@@ -34,7 +34,7 @@ class Request:
         "cached_prompt_tokens",  # prompt tokens the prefix cache served at its first admission
         # policy scratch
         "predicted_output",
-        "slot",  # the policy's index for this request's state (see Policy.array_feedback), or None
+        "slot",  # the policy's index for this request's state (Tokens.slots, Step.slots: schedulers/base.py), or None
         # engine state at arrival (logged for predictors)
         "arrival_state",
     )
