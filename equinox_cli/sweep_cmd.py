@@ -31,8 +31,8 @@ def sweep(
         "--grid",
         "-g",
         help="KNOB=V1,V2,... (repeat for more knobs): alpha, beta, "
-        "gamma, q_min, kappa, kappa_r, residency, quantile, overcommit, ttft_slo_s, tpot_slo_s, budget_min, budget_max, "
-        "utilization_target.",
+        "gamma, q_min, kappa, kappa_r, residency, quantile, overcommit, ttft_slo_s, tpot_slo_s, budget_min, "
+        "budget_max, utilization_target.",
     ),
     seed: List[str] = typer.Option(
         ["42"], "--seed", help="Seeds of the workload and the runs, comma-separated or repeated."
