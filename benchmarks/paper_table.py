@@ -444,25 +444,16 @@ def claims(results: pd.DataFrame, ladder: list[dict]) -> list[str]:
     def fmt(d, f="{:.2f}x"):
         return ", ".join(f"{w} {f.format(v)}" for w, v in d.items())
 
-    def recompute_pairs():
+    def vtc_vs_equinox(axis, f, scale=1.0):
+        """``axis`` per workload on the same engine, "VTC / Equinox", each divided by ``scale``."""
         out = []
         for w in names:
-            v, e = (
-                stat(results[results.workload == w], "vtc", "recompute"),
-                stat(results[results.workload == w], "equinox", "recompute"),
-            )
+            v, e = (stat(results[results.workload == w], k, axis) for k in ("vtc", "equinox"))
             if v and e:
-                out.append(f"{w} {v[0]:.1%} / {e[0]:.1%}")
+                out.append(f"{w} {f.format(v[0] / scale)} / {f.format(e[0] / scale)}")
         return ", ".join(out)
 
-    def preemption_pairs():
-        n = FULL_LIMIT if len(results.seed.unique()) == len(SEEDS) else QUICK_LIMIT  # requests a workload
-        out = []
-        for w in names:
-            v, e = (stat(results[results.workload == w], k, "preemptions") for k in ("vtc", "equinox"))
-            if v and e:
-                out.append(f"{w} {v[0] / n:.2f} / {e[0] / n:.2f}")
-        return ", ".join(out)
+    requests = FULL_LIMIT if len(results.seed.unique()) == len(SEEDS) else QUICK_LIMIT  # a workload's
 
     text = []
     pub_t = per_workload("equinox", "vtc@slora", "tokens_per_s")
@@ -475,7 +466,8 @@ def claims(results: pd.DataFrame, ladder: list[dict]) -> list[str]:
              f"Why: as published = the engine x Equinox on it. The engine alone (VTC on vLLM mode with prefix "
              f"caching / VTC on S-LoRA): {fmt(per_workload('vtc', 'vtc@slora', 'tokens_per_s'))}. Equinox on that "
              f"engine is the same-engine ratio above; what it changes there is preemption: the share of computed "
-             f"tokens recomputed after a preemption, VTC / Equinox: {recompute_pairs()}.", ""]  # fmt: skip
+             f"tokens recomputed after a preemption, VTC / Equinox: "
+             f"{vtc_vs_equinox('recompute', '{:.1%}')}.", ""]  # fmt: skip
     pub_l = {w: 1 - v for w, v in per_workload("equinox", "vtc@slora", "ttft_mean").items()}
     same_l = {w: 1 - v for w, v in per_workload("equinox", "vtc", "ttft_mean").items()}
     best = max(pub_l.values()) if pub_l else None
@@ -487,7 +479,7 @@ def claims(results: pd.DataFrame, ladder: list[dict]) -> list[str]:
              f"(ShareGPT's multi-turn prompts wait longer under on-demand memory and chunked steps than under "
              f"S-LoRA's reservation); Equinox's rows on that engine give the same-engine ratios above, most at "
              f"the step named. Preemptions per request on the same engine, VTC / Equinox: "
-             f"{preemption_pairs()}.", ""]  # fmt: skip
+             f"{vtc_vs_equinox('preemptions', '{:.2f}', requests)}.", ""]  # fmt: skip
     lines = []
     best_any, where = None, ""
     for axis, label in (("jain", "service rate"), ("jain_ttft", "TTFT"), ("jain_resource", "resource")):
