@@ -25,9 +25,11 @@
   far, / weight).  Admission takes the lowest HF among eligible clients; when its head does not
   fit, the next eligible client whose head fits (``skip``), never one outside the guard.  The
   bound this gives is in ``schedulers/equinox_bound.py`` and docs/EQUINOX.md.
-* **Adaptive batching**: memory-aware admission (``memory_aware``): admit while the running
-  requests' prompts plus their predicted outputs at a high quantile (the predictor's
-  ``output_quantile``, else the client's recent p90) fit the KV cache; and a token budget
+* **Adaptive batching**: memory-aware admission (``memory_aware``): admit while the most KV the
+  running requests will hold at once, each grown to its prompt plus its output at ``quantile``
+  (the predictor's ``output_quantile``, capped by the client's own once it has a history, else the
+  client's), stays within the cache plus an overcommit that grows while memory binds and resets at
+  a preemption; and a token budget
   (``adaptive_budget``) that grows when it binds and the predicted step time of the grown
   budget keeps TPOT under its SLO, and shrinks when a step exceeds the SLO.
 
@@ -149,7 +151,8 @@ class Equinox(ClientQueues):
         self._max_request = 0.0
         self.max_spread = [0.0, 0.0]  # the largest UFC and RFC spreads over backlogged clients logged
         # Memory-aware admission: the running requests' future peak of KV tokens (``Charges.peak_kv``;
-        # None: recompute, as a step, a completion or a preemption moved it), and their number.
+        # None: recompute it, as a completion, a preemption, a resumption or a request outgrowing its
+        # reservation moved it), and their number.
         self._peak: float | None = 0.0
         self._peak_loose = False  # _peak is an upper bound (admissions since it was computed)
         self._reserved = 0.0  # the sum of the running requests' reservations: a bound on the peak
@@ -327,20 +330,24 @@ class Equinox(ClientQueues):
         """KV tokens a new admission may reserve (inf: memory-aware admission is off or nothing runs):
         the cache less the running requests' future peak.  A request reserving ``m`` tokens raises
         that peak by at most ``m``, so admitting it while ``m <= room`` keeps the peak within the cache."""
-        if not self.knobs.memory_aware or self.kv_capacity is None or not self._running:
+        limit = self._memory_limit()
+        if limit is None:
             return INF
         if self._peak is None:
             self._peak = self._charges.peak_kv()
-        return self.kv_capacity * (1.0 + self._overcommit) - self._peak
+        return limit - self._peak
+
+    def _memory_limit(self) -> float | None:
+        """How high the future KV peak may go (None: memory-aware admission is off or nothing runs)."""
+        if not self.knobs.memory_aware or self.kv_capacity is None or not self._running:
+            return None
+        return self.kv_capacity * (1.0 + self._overcommit)
 
     def _memory_fits(self, need: float) -> bool:
         """Whether a head reserving ``need`` tokens fits: ``need <= _memory_room()``, tried first
         against the sum of the reservations (a bound on the peak) to spare computing the peak."""
-        if not self.knobs.memory_aware or self.kv_capacity is None or not self._running:
-            return True
-        if need <= self.kv_capacity * (1.0 + self._overcommit) - self._reserved:
-            return True
-        return need <= self._memory_room()
+        limit = self._memory_limit()
+        return limit is None or need <= limit - self._reserved or need <= self._memory_room()
 
     def _memory_binds(self) -> bool:
         """Whether memory-aware admission holds back the lowest-HF client's head now."""

@@ -135,21 +135,23 @@ def test_memory_aware_admission_reserves_the_quantile_output():
     assert p.select(Threshold(10**9)) is big
 
 
-def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservations():
-    # a holds 500 tokens with 100 to go; b holds 100 with 400 to go.  Their reservations sum to
-    # 1,100, but a finishes first: the most they hold at once is at a's last token, 600 + 200 = 800.
-    def policy(overcommit):
-        p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle", kappa=float("inf"), overcommit=overcommit))
-        p.bind_engine(kv_capacity_tokens=1000)
-        a, b = req(0, "a", prompt=500, output=100), req(1, "b", prompt=100, output=400)
-        for r in (a, b):
-            p.on_arrival(r, 0.0)
-            p.admit(r, 0.0, resumed=False)
-        p.on_step(0.0, 0.01, Step.of([(a, 500), (b, 100)]))
-        return p
+def _two_running(overcommit: float):
+    """A 1,000-token cache; a holds 500 tokens with 100 to go, b holds 100 with 400 to go.  Their
+    reservations sum to 1,100, but a finishes first: the most they hold at once is at a's last
+    token, 600 + 200 = 800."""
+    p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle", kappa=float("inf"), overcommit=overcommit))
+    p.bind_engine(kv_capacity_tokens=1000)
+    a, b = req(0, "a", prompt=500, output=100), req(1, "b", prompt=100, output=400)
+    for r in (a, b):
+        p.on_arrival(r, 0.0)
+        p.admit(r, 0.0, resumed=False)
+    p.on_step(0.0, 0.01, Step.of([(a, 500), (b, 100)]))
+    return p, a, b
 
-    assert policy(0.0)._memory_room() == 200  # 1,000 - 800
-    p = policy(0.0)
+
+def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservations():
+    p, _, _ = _two_running(0.0)
+    assert p._memory_room() == 200  # 1,000 - 800
     fits, too_big = req(2, "c", prompt=150, output=50), req(3, "d", prompt=150, output=51)
     p.on_arrival(too_big, 0.0)
     assert p.select(Threshold(10**9)) is None  # 201 tokens: over the 200 left
@@ -158,13 +160,7 @@ def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservatio
 
 
 def test_memory_aware_overcommit_grows_while_memory_binds_and_resets_at_a_preemption():
-    p = Equinox(EquinoxKnobs(alpha=1, beta=0, gamma=0, lengths="oracle", kappa=float("inf"), overcommit=0.5))
-    p.bind_engine(kv_capacity_tokens=1000)
-    a, b = req(0, "a", prompt=500, output=100), req(1, "b", prompt=100, output=400)
-    for r in (a, b):
-        p.on_arrival(r, 0.0)
-        p.admit(r, 0.0, resumed=False)
-    p.on_step(0.0, 0.01, Step.of([(a, 500), (b, 100)]))
+    p, a, b = _two_running(0.5)
     assert p._memory_room() == 200  # it starts at no overcommit: 1,000 - 800
     p.on_arrival(req(2, "c", prompt=150, output=100), 0.0)
     assert p.select(Threshold(10**9)) is None  # memory holds c back ...
