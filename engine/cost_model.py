@@ -476,10 +476,17 @@ def step_split(cost, prefill_tokens, prefill_pairs, decode_tokens, decode_kv, nu
 
 def request_seconds(coefficients: tuple, tokens: np.ndarray, context: np.ndarray, decoding: np.ndarray) -> np.ndarray:
     """Each request's share of a step, from ``step_split``'s coefficients: ``tokens`` computed this
-    step, ``context`` tokens computed before it, ``decoding`` (bool) for a decode."""
+    step, ``context`` tokens computed before it, ``decoding`` (bool) for a decode (``True``: every
+    request decodes)."""
     pt, dt, pair, kv, pr, dr = coefficients
-    n = tokens.astype(np.float64)
-    c = context.astype(np.float64)
+    c = np.asarray(context, dtype=np.float64)
+    if decoding is True:  # every request decodes (one token each): the decode terms alone
+        decode = c + 1.0
+        decode *= kv
+        decode += dt  # (dt * 1 + kv * (c + 1)) + dr, the same operations as below
+        decode += dr
+        return decode
+    n = np.asarray(tokens, dtype=np.float64)
     prefill = pt * n + pair * n * (c + (n + 1.0) / 2.0) + pr
     decode = dt * n + kv * (c + 1.0) + dr
     return np.where(decoding, decode, prefill)

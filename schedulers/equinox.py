@@ -11,9 +11,9 @@
   than is typical costs its client less, so that client is served sooner: ``gamma`` trades
   service-rate equality (0: ``q = 1``, VTC's counter) against latency equality.
 * **RFC**, the Resource Fairness Counter: engine-seconds.  Each step's measured time is split
-  among its requests by the cost model (``bind_engine``'s ``split``: a prefill chunk's
-  linear FLOPs and attention over its context, a decode's share of the weight read and its own
-  KV read), plus KV residency ``residency * duration * kv_tokens / kv_capacity``; prompt tokens
+  among its requests by the cost model (``equinox_steps.py``, with ``bind_engine``'s ``split``:
+  a prefill chunk's linear FLOPs and attention over its context, a decode's share of the weight
+  read and its own KV read), plus KV residency ``residency * duration * kv_tokens / kv_capacity``; prompt tokens
   the engine did not compute (a prefix-cache hit) are in no step and cost nothing.  At
   admission the prediction is charged (prefill, predicted decode steps, predicted residency),
   what goes beyond it is charged per step, and at completion the charge is corrected to the
@@ -25,13 +25,13 @@
   far, / weight).  Admission takes the lowest HF among eligible clients; when its head does not
   fit, the next eligible client whose head fits (``skip``), never one outside the guard.  The
   bound this gives is in ``schedulers/equinox_bound.py`` and docs/EQUINOX.md.
-* **Adaptive batching**: memory-aware admission (``memory_aware``): admit while the most KV the
-  running requests will hold at once, each grown to its prompt plus its output at ``quantile``
-  (the predictor's ``output_quantile``, capped by the client's own once it has a history, else the
-  client's), stays within the cache plus an overcommit that grows while memory binds and resets at
-  a preemption; and a token budget
-  (``adaptive_budget``) that grows when it binds and the predicted step time of the grown
-  budget keeps TPOT under its SLO, and shrinks when a step exceeds the SLO.
+* **Adaptive batching**: memory-aware admission (``memory_aware``, ``equinox_memory.py``): admit
+  while the most KV the running requests will hold at once, each grown to its prompt plus its
+  output at ``quantile`` (the predictor's ``output_quantile``, capped by the client's own once it
+  has a history, else the client's), stays within the cache plus an overcommit that grows while
+  memory binds and resets at a preemption; and a token budget (``adaptive_budget``) that grows
+  when it binds and the predicted step time of the grown budget keeps TPOT under its SLO, and
+  shrinks when a step exceeds the SLO.
 
 The engine tells Equinox its cost model and KV capacity through ``bind_engine`` (the simulator
 does); without them engine time is split per token and the guard's ``U`` and memory-aware
@@ -50,6 +50,8 @@ import numpy as np
 from schedulers.client_queues import ClientQueues
 from schedulers.counters import ClientCounters
 from schedulers.equinox_charges import Charges
+from schedulers.equinox_memory import MemoryAdmission
+from schedulers.equinox_steps import StepTerms
 from schedulers.trajectory import Trajectory
 from traces.request import Request
 
@@ -57,8 +59,6 @@ UFC, RFC = 0, 1  # the rows of the counters
 WINDOW = 5  # moving average of output lengths, as VTC-predict
 HISTORY = 20  # outputs kept per client for its quantile
 TRUSTED_HISTORY = 10  # outputs after which a client's own quantile caps the predictor's
-EMA = 0.05  # smoothing of measured step terms
-OVERCOMMIT_STEP = 0.02  # additive increase of memory-aware admission's overcommit, per completion
 LATENCY_EMA = 0.2  # smoothing of each client's (log) latency
 INF = float("inf")
 
@@ -132,13 +132,7 @@ class Equinox(ClientQueues):
         self._average: dict[str, float] = {}
         self._history: dict[str, deque] = {}  # client -> its recent output lengths
         self._quantiles: dict[str, float] = {}  # client -> the quantile of its history
-        # Step terms measured (cost-model coefficients scaled to the measured time), smoothed.
-        self._step_s = 0.0  # a step's duration
-        self._token_s = 0.0  # per prefill token (no cost model: per token computed)
-        self._pair_s = 0.0  # per prefill query-key pair
-        self._decode_s = 0.0  # per decode, besides its KV read
-        self._kv_s = 0.0  # per KV token a decode reads
-        self._request_s = 0.0  # per prefill request
+        self._terms = StepTerms()  # what a step costs, learned from the measured steps
         # Each client's moving average of log latency, their sum over the clients seen, and how many.
         self._latency_log = np.zeros(0)
         self._latency_seen = np.zeros(0, dtype=bool)
@@ -150,16 +144,7 @@ class Equinox(ClientQueues):
         self._min_weight = INF
         self._max_request = 0.0
         self.max_spread = [0.0, 0.0]  # the largest UFC and RFC spreads over backlogged clients logged
-        # Memory-aware admission: the running requests' future peak of KV tokens (``Charges.peak_kv``;
-        # None: recompute it, as a completion, a preemption, a resumption or a request outgrowing its
-        # reservation moved it), and their number.
-        self._peak: float | None = 0.0
-        self._peak_loose = False  # _peak is an upper bound (admissions since it was computed)
-        self._reserved = 0.0  # the sum of the running requests' reservations: a bound on the peak
-        # How far the peak may pass the cache, adapted as TCP adapts its window: up by OVERCOMMIT_STEP
-        # at a completion while memory holds back the lowest-HF head, back to 0 at every preemption.
-        self._overcommit = 0.0
-        self._running = 0
+        self._memory = MemoryAdmission(self._charges, knobs.overcommit, enabled=knobs.memory_aware)
         self._next_log = 0.0
         self.trajectory = Trajectory(self._counters.names)
         self._changed = np.zeros(0, dtype=bool)  # clients whose counters moved since the last sample
@@ -180,7 +165,7 @@ class Equinox(ClientQueues):
         ``request_seconds(split, tokens, context, decoding)``: ``engine.cost_model.StepCost``) and
         KV capacity in tokens (the guard's U, memory-aware admission, residency)."""
         self.cost_model = cost_model
-        self.kv_capacity = kv_capacity_tokens
+        self.kv_capacity = self._memory.kv_capacity = kv_capacity_tokens
 
     # -- counters ----------------------------------------------------------------------
     @property
@@ -301,10 +286,7 @@ class Equinox(ClientQueues):
             c = self._charges
             c.context[slot] = 0.0
             c.running[slot] = False
-            self._reserved -= c.reserve[slot]
-            self._overcommit = 0.0
-            self._peak = None
-            self._running -= 1
+            self._memory.released(c.reserve[slot], preempted=True)
 
     def _resumed(self, req: Request) -> None:
         slot = req.slot
@@ -313,9 +295,7 @@ class Equinox(ClientQueues):
                 self._forget(req)  # its prediction will not be needed
             return
         self._charges.running[slot] = True
-        self._reserved += self._charges.reserve[slot]
-        self._peak = None
-        self._running += 1
+        self._memory.resumed(self._charges.reserve[slot])
 
     def _lift(self, i: int) -> None:
         last = self._last_left
@@ -326,35 +306,12 @@ class Equinox(ClientQueues):
         best = self._counters.smallest(coef)
         return None if best is None else self._queues[self._counters.names[best[0]]][0]
 
-    def _memory_room(self) -> float:
-        """KV tokens a new admission may reserve (inf: memory-aware admission is off or nothing runs):
-        the cache less the running requests' future peak.  A request reserving ``m`` tokens raises
-        that peak by at most ``m``, so admitting it while ``m <= room`` keeps the peak within the cache."""
-        limit = self._memory_limit()
-        if limit is None:
-            return INF
-        if self._peak is None:
-            self._peak = self._charges.peak_kv()
-        return limit - self._peak
-
-    def _memory_limit(self) -> float | None:
-        """How high the future KV peak may go (None: memory-aware admission is off or nothing runs)."""
-        if not self.knobs.memory_aware or self.kv_capacity is None or not self._running:
-            return None
-        return self.kv_capacity * (1.0 + self._overcommit)
-
-    def _memory_fits(self, need: float) -> bool:
-        """Whether a head reserving ``need`` tokens fits: ``need <= _memory_room()``, tried first
-        against the sum of the reservations (a bound on the peak) to spare computing the peak."""
-        limit = self._memory_limit()
-        return limit is None or need <= limit - self._reserved or need <= self._memory_room()
-
     def _memory_binds(self) -> bool:
         """Whether memory-aware admission holds back the lowest-HF client's head now."""
         if not self.waiting:
             return False
         best = self._counters.smallest(self._coefficients()[0])
-        return best is not None and not self._memory_fits(self._head_memory[best[0]])
+        return best is not None and not self._memory.fits(self._head_memory[best[0]])
 
     def select(self, fits) -> Request | None:
         """The lowest-HF eligible client's next request.  When it does not fit (the engine's room
@@ -371,11 +328,11 @@ class Equinox(ClientQueues):
         eligible = caps is None or (counters.value(first, UFC) <= caps[0] and counters.value(first, RFC) <= caps[1])
         if eligible:
             req = self._queues[names[first]][0]
-            if self._memory_fits(self._head_memory[first]) and fits(req):
+            if self._memory.fits(self._head_memory[first]) and fits(req):
                 return req
             if not self.knobs.skip:
                 return None
-        room = self._memory_room()
+        room = self._memory.room()
         limit = getattr(fits, "max_pending", None)
         if limit is not None:  # in array operations
             if self.knobs.skip:
@@ -470,13 +427,9 @@ class Equinox(ClientQueues):
 
     def _engine_time_hat(self, prompt: float, out: float) -> float:
         """Predicted engine-seconds of a request (compute and residency), from the measured step terms."""
-        if self.cost_model is None:
-            compute = (prompt + out) * self._token_s
-        else:
-            compute = prompt * self._token_s + self._pair_s * prompt * (prompt + 1) / 2 + self._request_s
-            compute += out * (self._decode_s + self._kv_s * (prompt + out / 2))
+        compute = self._terms.request_time(prompt, out, modelled=self.cost_model is not None)
         if self.kv_capacity:
-            compute += self.knobs.residency * out * self._step_s * (prompt + out / 2) / self.kv_capacity
+            compute += self.knobs.residency * out * self._terms.step_s * (prompt + out / 2) / self.kv_capacity
         return compute
 
     # -- charges -----------------------------------------------------------------------
@@ -487,9 +440,10 @@ class Equinox(ClientQueues):
         if self.kv_capacity is not None:  # a request's output cannot outgrow the cache
             out_hat = min(out_hat, max(self.kv_capacity - prompt, 1.0))
         budget = self._budget or 2048
-        prefill_s = self._step_s * -(-prompt // budget)  # chunked prefill: a step per budget of tokens
+        step_s = self._terms.step_s
+        prefill_s = step_s * -(-prompt // budget)  # chunked prefill: a step per budget of tokens
         client = self._counters.index[req.client]
-        q = self._latency_factor(client, now - req.arrival_s + prefill_s, self._step_s)
+        q = self._latency_factor(client, now - req.arrival_s + prefill_s, step_s)
         ufc = q * (s.w_p * prompt + s.w_q * out_hat) / req.weight
         rfc = self._engine_time_hat(prompt, out_hat) / req.weight
         if rfc > self._max_request:
@@ -498,11 +452,7 @@ class Equinox(ClientQueues):
         reserve = self._reservation(req) if k.memory_aware else 0.0
         values = (out_hat, q, ufc, rfc, 0.0, req.weight, prompt, 0.0, reserve)
         req.slot = self._charges.add(client, values)
-        self._reserved += reserve
-        if self._peak is not None:
-            self._peak += reserve  # an upper bound of the new peak, until the next step recomputes it
-            self._peak_loose = True
-        self._running += 1
+        self._memory.admitted(reserve)
         self._add(req.client, ufc, rfc)
 
     def on_tokens(self, tokens, k: int) -> None:
@@ -520,8 +470,7 @@ class Equinox(ClientQueues):
             grow = over > 0
             if grow.any():
                 c.reserve[slots[grow]] += over[grow]
-                self._reserved += float(over[grow].sum())
-                self._peak = None
+                self._memory.grew(float(over[grow].sum()))
         out_hat = c.out_hat[slots]
         beyond = generated > out_hat
         if not beyond.any() or not self.service.w_q:  # (w_q = 0: nothing to charge)
@@ -537,8 +486,7 @@ class Equinox(ClientQueues):
         and charge RFC for what goes beyond each request's prediction."""
         slots, tokens = step.slots, step.tokens
         total = int(tokens.sum())
-        if self._peak_loose:
-            self._peak, self._peak_loose = None, False
+        self._memory.step()
 
         if total:
             c = self._charges
@@ -546,10 +494,10 @@ class Equinox(ClientQueues):
                 mine = slots >= 0
                 slots, tokens = slots[mine], tokens[mine]
             context = c.context[slots]
-            shares = self._shares(duration_s, tokens, context, c.prompt[slots])
+            shares = self._terms.split(self.cost_model, duration_s, tokens, context, c.prompt[slots])
             held = context + tokens
             c.context[slots] = held
-            if self.kv_capacity:
+            if self.kv_capacity and self.knobs.residency:
                 shares += (self.knobs.residency * duration_s / self.kv_capacity) * held
             actual = c.rfc_actual[slots] + shares / c.weight[slots]
             c.rfc_actual[slots] = actual
@@ -560,50 +508,11 @@ class Equinox(ClientQueues):
                 amount = actual - charged[beyond]
                 c.rfc[slots] = actual
                 self._charge_clients(c.client[slots], amount, RFC)
-            self._step_s += EMA * (duration_s - self._step_s) if self._step_s else duration_s
+            self._terms.observe(duration_s)
             if self.knobs.adaptive_budget and self._budget is not None:
                 self._adapt_budget(duration_s, total)
         if now >= self._next_log:
             self._log(now)
-
-    def _shares(self, duration_s: float, tokens, context, prompt) -> np.ndarray:
-        """Each request's share of a step of ``duration_s`` (the cost model's split, scaled to the
-        measured time), and the smoothed step terms behind the admission predictions."""
-        cost = self.cost_model
-        if cost is None:
-            per_token = duration_s / float(tokens.sum())
-            self._token_s += EMA * (per_token - self._token_s) if self._token_s else per_token
-            return per_token * tokens
-        decoding = (tokens == 1) & (context >= prompt)
-        n_decode = int(np.count_nonzero(decoding))
-        m = len(tokens)
-        if n_decode == m:
-            prefill_tokens, pairs = 0, 0.0
-            decode_kv = float(context.sum()) + m
-        else:
-            prefill = ~decoding
-            chunks, before = tokens[prefill], context[prefill]
-            prefill_tokens = int(chunks.sum())
-            pairs = float((chunks * (before + (chunks + 1) / 2)).sum())
-            decode_kv = float(context[decoding].sum()) + n_decode
-        split = cost.split(prefill_tokens, pairs, n_decode, decode_kv, m)
-        shares = cost.request_seconds(split, tokens, context, decoding)
-        modelled = float(shares.sum())
-        scale = duration_s / modelled if modelled > 0 else 0.0
-        pt, dt, pair, kv, pr, dr = split
-        if self._kv_s or self._token_s:
-            e = EMA
-            if prefill_tokens:
-                self._token_s += e * (pt * scale - self._token_s)
-                self._pair_s += e * (pair * scale - self._pair_s)
-                self._request_s += e * (pr * scale - self._request_s)
-            if n_decode:
-                self._decode_s += e * ((dt + dr) * scale - self._decode_s)
-                self._kv_s += e * (kv * scale - self._kv_s)
-        else:
-            self._token_s, self._pair_s, self._request_s = pt * scale, pair * scale, pr * scale
-            self._decode_s, self._kv_s = (dt + dr) * scale, kv * scale
-        return shares * scale
 
     def _charge_clients(self, clients, amounts, row: int) -> None:
         """Add per-request ``amounts`` (> 0) to counter ``row`` (UFC or RFC) of their ``clients``."""
@@ -620,8 +529,7 @@ class Equinox(ClientQueues):
             self._budget = max(k.budget_min, int(budget * 0.8))
         elif tokens >= k.utilization_target * budget and self.waiting:
             extra = budget // 4 + 1
-            predicted = duration_s + extra * self._token_s + self._pair_s * extra * (extra + 1) / 2
-            if predicted <= k.tpot_slo_s:
+            if self._terms.grown(duration_s, extra) <= k.tpot_slo_s:
                 self._budget = min(k.budget_max, budget + extra)
 
     def token_budget(self, default: int) -> int:
@@ -643,11 +551,9 @@ class Equinox(ClientQueues):
         self._add(req.client, actual - float(c.ufc[slot]), rfc_actual - float(c.rfc[slot]))
         if rfc_actual > self._max_request:
             self._max_request = rfc_actual
-        if self.knobs.overcommit and self._memory_binds():
-            self._overcommit = min(self.knobs.overcommit, self._overcommit + OVERCOMMIT_STEP)
-        self._reserved -= float(c.reserve[slot])
-        self._peak = None
-        self._running -= 1
+        if self._memory.can_widen and self._memory_binds():
+            self._memory.widen()
+        self._memory.released(float(c.reserve[slot]), preempted=False)
         c.release(slot)
         req.slot = None
         old = self._average.get(req.client)

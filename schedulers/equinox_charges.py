@@ -25,6 +25,7 @@ class Charges:
     def __init__(self, capacity: int = 256) -> None:
         self._columns = np.zeros((len(FLOATS), capacity))  # one row per name in FLOATS
         self._views()
+        self._ks = np.arange(1.0, capacity + 1)  # 1, 2, ... (peak_kv)
         self.client = np.zeros(capacity, dtype=np.int64)  # the client's first-seen index
         self.running = np.zeros(capacity, dtype=bool)  # admitted and holding KV (not preempted)
         self._free = list(range(capacity - 1, -1, -1))
@@ -39,6 +40,7 @@ class Charges:
             n = len(self.client)
             self._columns = np.concatenate((self._columns, np.zeros_like(self._columns)), axis=1)
             self._views()
+            self._ks = np.arange(1.0, 2 * n + 1)
             self.client = np.concatenate((self.client, np.zeros(n, dtype=np.int64)))
             self.running = np.concatenate((self.running, np.zeros(n, dtype=bool)))
             self._free = list(range(2 * n - 1, n - 1, -1))
@@ -58,10 +60,13 @@ class Charges:
         a step for ``reserve - that`` more steps.  With ``r`` sorted from longest to shortest, the
         ``k`` longest still run when the ``k``-th finishes, holding ``sum(held[:k]) + k * r[k]``."""
         slots = np.flatnonzero(self.running)
-        if not len(slots):
+        n = len(slots)
+        if not n:
             return 0.0
         held = np.maximum(self.context[slots], self.prompt[slots])
-        remaining = np.maximum(self.reserve[slots] - held, 0.0)
-        order = np.argsort(-remaining, kind="stable")
-        r = remaining[order]
-        return float((np.cumsum(held[order]) + np.arange(1, len(r) + 1) * r).max())
+        remaining = self.reserve[slots] - held
+        np.maximum(remaining, 0.0, out=remaining)
+        order = remaining.argsort()[::-1]  # longest first (token counts: the sums are exact in any order)
+        peak = held[order].cumsum()
+        peak += self._ks[:n] * remaining[order]
+        return float(peak.max())

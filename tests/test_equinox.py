@@ -12,7 +12,7 @@ from engine.simulator import EngineConfig, Simulator
 from reports import metrics as m
 from reports.audit import audit
 from schedulers import Equinox, EquinoxKnobs, make_policy
-from schedulers.equinox import OVERCOMMIT_STEP
+from schedulers.equinox_memory import OVERCOMMIT_STEP
 from traces import load_workload, synthesize
 from traces.request import Request
 
@@ -130,7 +130,7 @@ def test_memory_aware_admission_reserves_the_quantile_output():
     # a grows past its quantile: its reservation follows (300 + 301 tokens), 399 left
     first.generated = 301
     p.on_tokens(Tokens.of([first]), 1)
-    assert p._memory_room() == 399
+    assert p._memory.room() == 399
     p.on_finish(first, 1.0)
     assert p.select(Threshold(10**9)) is big
 
@@ -151,7 +151,7 @@ def _two_running(overcommit: float):
 
 def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservations():
     p, _, _ = _two_running(0.0)
-    assert p._memory_room() == 200  # 1,000 - 800
+    assert p._memory.room() == 200  # 1,000 - 800
     fits, too_big = req(2, "c", prompt=150, output=50), req(3, "d", prompt=150, output=51)
     p.on_arrival(too_big, 0.0)
     assert p.select(Threshold(10**9)) is None  # 201 tokens: over the 200 left
@@ -161,14 +161,14 @@ def test_memory_aware_admission_counts_the_future_peak_not_the_sum_of_reservatio
 
 def test_memory_aware_overcommit_grows_while_memory_binds_and_resets_at_a_preemption():
     p, a, b = _two_running(0.5)
-    assert p._memory_room() == 200  # it starts at no overcommit: 1,000 - 800
+    assert p._memory.room() == 200  # it starts at no overcommit: 1,000 - 800
     p.on_arrival(req(2, "c", prompt=150, output=100), 0.0)
     assert p.select(Threshold(10**9)) is None  # memory holds c back ...
     a.generated = 100
     p.on_finish(a, 1.0)  # ... so a completion raises the overcommit by OVERCOMMIT_STEP
-    assert p._memory_room() == pytest.approx(1000 * (1 + OVERCOMMIT_STEP) - 500)  # b alone: 100 + 400
+    assert p._memory.room() == pytest.approx(1000 * (1 + OVERCOMMIT_STEP) - 500)  # b alone: 100 + 400
     p.requeue(b)  # a preemption: back to none
-    assert p._overcommit == 0.0
+    assert p._memory.overcommit == 0.0
 
 
 def test_adaptive_budget_grows_when_it_binds_under_the_slo_and_shrinks_over_it():
