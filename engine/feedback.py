@@ -21,24 +21,52 @@ from typing import Callable
 import numpy as np
 
 
-def _slots(reqs) -> np.ndarray:
-    return np.array([-1 if r.slot is None else r.slot for r in reqs], dtype=np.int64)
+class _Batch:
+    """What ``Tokens`` and ``Step`` share: a list of items (Request objects, or ``(request, tokens)``
+    pairs) given, or made on first read by ``_make``, and the requests' slots as an array."""
 
-
-class Tokens:
-    """``k`` output tokens for each of a step's requests (see the module docstring)."""
-
-    __slots__ = ("_requests", "_make", "_slots", "_generated", "_weights")
+    __slots__ = ("_items", "_make", "_slots")
 
     def __init__(self) -> None:
-        self._requests = self._make = self._slots = self._generated = self._weights = None
+        self._items = self._make = self._slots = None
+
+    @classmethod
+    def _of(cls, items):
+        b = cls()
+        b._items = items if isinstance(items, list) else list(items)
+        return b
+
+    def _list(self) -> list:
+        if self._items is None:
+            self._items = self._make()
+        return self._items
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __len__(self) -> int:
+        return len(self._slots) if self._items is None else len(self._items)
+
+    @property
+    def slots(self) -> np.ndarray:
+        if self._slots is None:
+            self._slots = np.array(self._slot_list(self._items), dtype=np.int64)
+        return self._slots
+
+
+class Tokens(_Batch):
+    """``k`` output tokens for each of a step's requests (see the module docstring)."""
+
+    __slots__ = ("_generated", "_weights")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._generated = self._weights = None
 
     @classmethod
     def of(cls, requests) -> Tokens:
         """From Request objects (their ``generated`` already counts the new tokens)."""
-        t = cls()
-        t._requests = requests if isinstance(requests, list) else list(requests)
-        return t
+        return cls._of(requests)
 
     @classmethod
     def from_arrays(
@@ -50,51 +78,40 @@ class Tokens:
         t._slots, t._generated, t._weights, t._make = slots, generated, weights, requests
         return t
 
+    @staticmethod
+    def _slot_list(requests) -> list:
+        return [-1 if r.slot is None else r.slot for r in requests]
+
     @property
     def requests(self) -> list:
-        if self._requests is None:
-            self._requests = self._make()
-        return self._requests
-
-    def __iter__(self):
-        return iter(self.requests)
-
-    def __len__(self) -> int:
-        return len(self._slots) if self._requests is None else len(self._requests)
-
-    @property
-    def slots(self) -> np.ndarray:
-        if self._slots is None:
-            self._slots = _slots(self._requests)
-        return self._slots
+        return self._list()
 
     @property
     def generated(self) -> np.ndarray:
         if self._generated is None:
-            self._generated = np.array([r.generated for r in self._requests], dtype=np.int64)
+            self._generated = np.array([r.generated for r in self._items], dtype=np.int64)
         return self._generated
 
     @property
     def weights(self) -> np.ndarray:
         if self._weights is None:
-            self._weights = np.array([r.weight for r in self._requests], dtype=np.float64)
+            self._weights = np.array([r.weight for r in self._items], dtype=np.float64)
         return self._weights
 
 
-class Step:
+class Step(_Batch):
     """The batch of one step: each request and the tokens it computed (see the module docstring)."""
 
-    __slots__ = ("_pairs", "_make", "_slots", "_tokens")
+    __slots__ = ("_tokens",)
 
     def __init__(self) -> None:
-        self._pairs = self._make = self._slots = self._tokens = None
+        super().__init__()
+        self._tokens = None
 
     @classmethod
     def of(cls, pairs) -> Step:
         """From ``(request, tokens)`` pairs."""
-        s = cls()
-        s._pairs = pairs if isinstance(pairs, list) else list(pairs)
-        return s
+        return cls._of(pairs)
 
     @classmethod
     def from_arrays(cls, slots: np.ndarray, tokens: np.ndarray, pairs: Callable[[], list] | None = None) -> Step:
@@ -104,26 +121,16 @@ class Step:
         s._slots, s._tokens, s._make = slots, tokens, pairs
         return s
 
+    @staticmethod
+    def _slot_list(pairs) -> list:
+        return [-1 if r.slot is None else r.slot for r, _ in pairs]
+
     @property
     def pairs(self) -> list:
-        if self._pairs is None:
-            self._pairs = self._make()
-        return self._pairs
-
-    def __iter__(self):
-        return iter(self.pairs)
-
-    def __len__(self) -> int:
-        return len(self._slots) if self._pairs is None else len(self._pairs)
-
-    @property
-    def slots(self) -> np.ndarray:
-        if self._slots is None:
-            self._slots = np.array([-1 if r.slot is None else r.slot for r, _ in self._pairs], dtype=np.int64)
-        return self._slots
+        return self._list()
 
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
-            self._tokens = np.array([n for _, n in self._pairs], dtype=np.int64)
+            self._tokens = np.array([n for _, n in self._items], dtype=np.int64)
         return self._tokens

@@ -13,8 +13,8 @@
 * **RFC**, the Resource Fairness Counter: engine-seconds.  Each step's measured time is split
   among its requests by the cost model (``equinox_steps.py``, with ``bind_engine``'s ``split``:
   a prefill chunk's linear FLOPs and attention over its context, a decode's share of the weight
-  read and its own KV read), plus KV residency ``residency * duration * kv_tokens / kv_capacity``; prompt tokens
-  the engine did not compute (a prefix-cache hit) are in no step and cost nothing.  At
+  read and its own KV read), plus KV residency ``residency * duration * kv_tokens / kv_capacity``;
+  prompt tokens the engine did not compute (a prefix-cache hit) are in no step and cost nothing.  At
   admission the prediction is charged (prefill, predicted decode steps, predicted residency),
   what goes beyond it is charged per step, and at completion the charge is corrected to the
   measured total.  Units: engine-seconds / weight.
